@@ -1,0 +1,32 @@
+# make demo: set up .venv (once) and run the main job.  make test: same set-up, then every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint lab bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tdakit demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check tdakit tests benchmarks notebooks
+
+test: lint
+	$(BIN)/python -m pytest --nbval tests notebooks --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/concrete_lds.py --model paper --seeds 64
+	$(BIN)/python benchmarks/concrete_lds.py --model narrow --seeds 64
+	$(BIN)/python benchmarks/speed.py
+
+clean:
+	rm -rf $(VENV) tdakit-report

@@ -1,0 +1,60 @@
+"""Attribution methods. All return ``Scores`` in one convention (DESIGN.md section 1):
+
+    score[q, i] = d f_q(theta_T(w)) / d w_i at w = 1, in the measurement's units,
+
+the first-order effect of up-weighting training point i on query q. Removing a set S is predicted
+as delta f_q ~= -sum_{i in S} score[q, i].
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from ..datasets import Split
+from ..training import Run
+from ..unroll import unrolled_scores
+from .influence import implied_damping, influence_scores
+from .source import Segment, segments_of, source_scores
+
+
+@dataclass
+class Scores:
+    """values: Tensor [n_query, n_train], units of the measurement; seconds: wall time to compute."""
+
+    values: Tensor
+    method: str
+    seconds: float = 0.0
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def shape(self):
+        return tuple(self.values.shape)
+
+
+def _fast_source(run: Run, query: Split, **kwargs) -> Tensor:
+    return source_scores(run, query, fast=True, **kwargs)
+
+
+METHODS: dict[str, Callable[..., Tensor]] = {
+    "unrolled": unrolled_scores,
+    "influence": influence_scores,
+    "source": source_scores,
+    "fast_source": _fast_source,
+}
+
+
+def attribute(run: Run, query: Split, method: str = "source", **settings) -> Scores:
+    """Scores of every training point of ``run`` for every query, by ``method`` (see METHODS)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    start = time.perf_counter()
+    values = METHODS[method](run, query, **settings)
+    return Scores(values, method, time.perf_counter() - start, settings)
+
+
+__all__ = ["Scores", "attribute", "METHODS", "unrolled_scores", "influence_scores", "source_scores",
+           "implied_damping", "segments_of", "Segment"]

@@ -1,0 +1,100 @@
+"""The one curvature interface: an eigenbasis, its eigenvalues, and apply(fn, v).
+
+Influence functions apply fn(s) = 1/(s + damping); SOURCE applies exp(-eta K s) and
+(1 - exp(-eta K s))/s. Any backend that can do ``apply`` can serve every method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+EigenFunction = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class EigenCurvature:
+    """A symmetric P x P matrix M = V diag(s) V^T + floor * (I - V V^T).
+
+    eigenvectors V [P, r] (orthonormal columns), eigenvalues s [r]. When r < P the orthogonal
+    complement has the single eigenvalue ``floor`` (for a Gauss-Newton matrix: the weight decay).
+    """
+
+    eigenvectors: Tensor
+    eigenvalues: Tensor
+    floor: float = 0.0
+
+    @property
+    def num_params(self) -> int:
+        return self.eigenvectors.shape[0]
+
+    @property
+    def rank(self) -> int:
+        return self.eigenvectors.shape[1]
+
+    def spectrum(self) -> Tensor:
+        """All P eigenvalues (the complement repeated), descending: [P]."""
+        rest = self.eigenvalues.new_full((self.num_params - self.rank,), self.floor)
+        return torch.cat([self.eigenvalues, rest]).sort(descending=True).values
+
+    def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
+        """fn(M) v for v [..., P] (computed in the eigenvectors' dtype, returned in v's)."""
+        V = self.eigenvectors
+        x = v.to(V.dtype)
+        coeff = x @ V  # [..., r]
+        out = (coeff * fn(self.eigenvalues.to(V.dtype))) @ V.T
+        if self.rank < self.num_params:
+            f_floor = fn(torch.tensor(self.floor, dtype=V.dtype))
+            out = out + f_floor * (x - coeff @ V.T)
+        return out.to(v.dtype)
+
+    def dense(self) -> Tensor:
+        """The matrix itself [P, P] (small models only: tests and plots)."""
+        eye = torch.eye(self.num_params, dtype=self.eigenvectors.dtype)
+        return self.apply(lambda s: s, eye)
+
+
+@dataclass
+class SampleSpaceCurvature:
+    """M = A^T A + floor * I, held through its factor A [rows, P] and the eigendecomposition of the small
+    Gram matrix A A^T = U diag(sigma) U^T (float64). The nonzero eigenvectors of A^T A are
+    A^T U sigma^{-1/2}; they are never formed, so memory stays at A's size and apply costs two passes
+    over A. Eigenvalues: sigma + floor on span(A^T), floor on its complement.
+    """
+
+    factor: Tensor
+    gram_vectors: Tensor
+    gram_values: Tensor
+    floor: float = 0.0
+
+    @property
+    def eigenvalues(self) -> Tensor:
+        return self.gram_values + self.floor
+
+    @property
+    def num_params(self) -> int:
+        return self.factor.shape[1]
+
+    @property
+    def rank(self) -> int:
+        return len(self.gram_values)
+
+    def spectrum(self) -> Tensor:
+        rest = self.eigenvalues.new_full((self.num_params - self.rank,), self.floor)
+        return torch.cat([self.eigenvalues, rest]).sort(descending=True).values
+
+    def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
+        """fn(M) v for v [..., P] = fn(floor) v + V (fn(sigma + floor) - fn(floor)) V^T v."""
+        A, U, sigma = self.factor, self.gram_vectors, self.gram_values
+        f_floor = fn(torch.tensor(self.floor, dtype=torch.float64))
+        gain = (fn(sigma + self.floor) - f_floor) / sigma
+        coeff = (v.to(A.dtype) @ A.T).double() @ U  # sigma^{1/2} V^T v
+        back = ((coeff * gain) @ U.T).to(A.dtype) @ A
+        return (f_floor * v.double() + back.double()).to(v.dtype)
+
+    def dense(self) -> Tensor:
+        eye = torch.eye(self.num_params, dtype=torch.float64)
+        return self.apply(lambda s: s, eye)

@@ -1,0 +1,108 @@
+"""Leave-one-out and subset removal: what actually happens when points are deleted and the model
+is retrained. Changes are reported as f_q(after removal) - f_q(full data), in measurement units,
+averaged over seeds; the score convention predicts them as -sum of the removed points' scores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..datasets import Split
+from ..grads import measurements
+from ..training import Run, seed_of
+from .retrain import retrain, retrain_reweighted
+
+
+def _full_and_removed(run: Run, query: Split, removed: list[Tensor], seeds: int, seed: int,
+                      progress: bool) -> tuple[Tensor, Tensor]:
+    """Retrain R seeds on all points and on each 'removed' variant: (f_full [R, Q], f_removed [J, R, Q])."""
+    n, J = run.num_train, len(removed)
+    keep = torch.ones(seeds * (J + 1), n, dtype=torch.bool)
+    init_seeds, order_seeds = [], []
+    for r in range(seeds):
+        for j in range(J + 1):
+            row = r * (J + 1) + j
+            if j < J:
+                keep[row, removed[j]] = False
+            init_seeds.append(seed_of("init", seed, r))
+            order_seeds.append(seed_of("removal-order", seed, r, j))
+    theta = retrain(run, keep, init_seeds, order_seeds, progress=progress, desc="removal")
+    f = measurements(run.model, run.task, theta, query.to(theta.dtype)).view(seeds, J + 1, -1)
+    return f[:, J], f[:, :J].transpose(0, 1)
+
+
+def _check_points(points: Sequence[int] | Tensor, n: int) -> Tensor:
+    points = torch.as_tensor(points, dtype=torch.long).reshape(-1)
+    if len(points) and (points.min() < 0 or points.max() >= n):
+        raise ValueError(f"training point indices must lie in 0..{n - 1}")
+    return points
+
+
+def leave_one_out(run: Run, query: Split, points: Sequence[int], seeds: int = 5,
+                  trajectory_specific: bool = False, seed: int = 0, progress: bool = True) -> Tensor:
+    """Change of every query's measurement when each of ``points`` is removed: [len(points), Q].
+
+    trajectory_specific: rerun the recorded trajectory (same init and batch order) with w_i = 0,
+    the exact counterfactual that the unrolled derivative linearises; otherwise retrain ``seeds``
+    fresh models on N - 1 points (and on all N) and average.
+    """
+    points = _check_points(points, run.num_train)
+    if trajectory_specific:
+        weights = torch.ones(len(points) + 1, run.num_train)
+        weights[torch.arange(len(points)), points] = 0.0
+        theta = retrain_reweighted(run, weights, progress=progress)
+        f = measurements(run.model, run.task, theta, query.to(theta.dtype))
+        return f[:-1] - f[-1]
+    full, removed = _full_and_removed(run, query, [p[None] for p in points], seeds, seed, progress)
+    return (removed - full).mean(1)
+
+
+@dataclass
+class Removal:
+    """ks [K]; change [K, Q]: mean measurement change after removing each query's top-k points (or k
+    random points); before [Q] and after [K, Q]: seed-mean measurements."""
+
+    ks: list[int]
+    change: Tensor
+    before: Tensor
+    after: Tensor
+
+
+def most_harmful_to_remove(scores: Tensor, k: int, higher_is_better: bool) -> Tensor:
+    """Per query, the k points whose removal is predicted to hurt most: [Q, k] indices.
+
+    Removal changes f by -score; it hurts when that lowers a margin or raises an error."""
+    harm = scores if higher_is_better else -scores
+    return harm.topk(k, dim=1).indices
+
+
+def subset_removal(run: Run, query: Split, scores, ks: Sequence[int], seeds: int = 3, seed: int = 0,
+                   progress: bool = True) -> Removal:
+    """Remove each query's top-k points by ``scores`` (Scores or [Q, N]), retrain, measure."""
+    values = scores if isinstance(scores, Tensor) else scores.values
+    ks = [int(k) for k in ks]
+    if max(ks) >= run.num_train or min(ks) < 1:
+        raise ValueError(f"k must lie in 1..{run.num_train - 1} (there are {run.num_train} points), got {ks}")
+    picks = {k: most_harmful_to_remove(values, k, run.task.higher_is_better) for k in ks}
+    removed = [picks[k][q] for k in ks for q in range(len(query))]
+    full, after = _full_and_removed(run, query, removed, seeds, seed, progress)
+    after = after.mean(1).view(len(ks), len(query), len(query))
+    after = torch.diagonal(after, dim1=1, dim2=2)  # model for query q, measured on query q
+    before = full.mean(0)
+    return Removal(ks, after - before, before, after)
+
+
+def random_removal(run: Run, query: Split, ks: Sequence[int], seeds: int = 3, seed: int = 0,
+                   progress: bool = True) -> Removal:
+    """The baseline: remove k random points (one draw per k, shared by all queries and seeds)."""
+    ks = [int(k) for k in ks]
+    if max(ks) >= run.num_train or min(ks) < 1:
+        raise ValueError(f"k must lie in 1..{run.num_train - 1} (there are {run.num_train} points), got {ks}")
+    g = torch.Generator().manual_seed(seed_of("random-removal", seed))
+    removed = [torch.randperm(run.num_train, generator=g)[:k] for k in ks]
+    full, after = _full_and_removed(run, query, removed, seeds, seed, progress)
+    before = full.mean(0)
+    return Removal(ks, after.mean(1) - before, before, after.mean(1))

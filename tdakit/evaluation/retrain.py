@@ -1,0 +1,50 @@
+"""Retraining with the run's recipe: the counterfactual every estimate is judged against.
+
+``retrain`` trains one model per row of ``keep`` on the kept points only (a fresh batch order over
+them, the same batch size, epochs and schedule), vmap-batched. Models with the same number of kept
+points share a step count and train together in chunks. ``retrain_reweighted`` keeps the run's own
+init and batch order and sets w_i = 0 for removed points (trajectory-specific counterfactuals).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..training import Run, batch_order, train_many
+
+
+def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int = 256, progress: bool = True,
+            desc: str = "retrain") -> Tensor:
+    """keep: bool [J, N]; init_seeds, order_seeds: J ints. Returns final parameters [J, P]."""
+    keep = torch.as_tensor(keep, dtype=torch.bool)
+    if keep.dim() != 2 or keep.shape[1] != run.num_train:
+        raise ValueError(f"keep must be a bool mask [J, {run.num_train}], got {tuple(keep.shape)}")
+    counts = keep.sum(1)
+    if (counts == 0).any():
+        raise ValueError("a retraining would keep no training points; remove fewer points")
+    out = torch.empty(len(keep), run.model.num_params, dtype=run.final.dtype)
+    r = run.recipe
+    for count in counts.unique().tolist():
+        rows = (counts == count).nonzero()[:, 0]
+        for s in range(0, len(rows), chunk):
+            part = rows[s:s + chunk].tolist()
+            inits = torch.stack([run.model.init(int(init_seeds[j]), run.final.dtype) for j in part])
+            orders = torch.stack([batch_order(keep[j].nonzero()[:, 0], r.batch_size, r.epochs,
+                                              int(order_seeds[j])) for j in part])
+            out[part] = train_many(run.model, run.train, r, run.task, inits, orders, progress=progress,
+                                   desc=f"{desc} {s + len(part)}/{len(rows)}")
+    return out
+
+
+def retrain_reweighted(run: Run, weights: Tensor, chunk: int = 256, progress: bool = True) -> Tensor:
+    """Rerun the recorded trajectory (same init, batch order, rates) with weights [J, N]: [J, P]."""
+    weights = torch.as_tensor(weights, dtype=run.final.dtype)
+    out = []
+    for s in range(0, len(weights), chunk):
+        w = weights[s:s + chunk]
+        inits = run.init.expand(len(w), -1)
+        orders = run.batches.expand(len(w), -1, -1)
+        out.append(train_many(run.model, run.train, run.recipe, run.task, inits, orders, w,
+                              progress=progress, desc="retrain (same trajectory)"))
+    return torch.cat(out)

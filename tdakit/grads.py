@@ -1,0 +1,67 @@
+"""Per-example gradients and output Jacobians with torch.func, in chunks to bound memory."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import grad, jacrev, vmap
+
+from .datasets import Split
+from .models import FlatModel
+from .task import Task
+
+
+def _chunked(fn, n: int, chunk: int) -> Tensor:
+    return torch.cat([fn(slice(s, min(s + chunk, n))) for s in range(0, n, chunk)])
+
+
+def loss_grads(model: FlatModel, task: Task, theta: Tensor, data: Split, chunk: int = 256) -> Tensor:
+    """grad_theta L(z_i, theta) for every example (no weight decay): [n, P]."""
+    def one(th, x, y):
+        return task.loss(model(th, x[None]), y[None])[0]
+
+    per_example = vmap(grad(one), in_dims=(None, 0, 0))
+    return _chunked(lambda s: per_example(theta, data.x[s], data.y[s]), len(data), chunk)
+
+
+def measurement_grads(model: FlatModel, task: Task, theta: Tensor, query: Split, chunk: int = 256) -> Tensor:
+    """grad_theta f_q(theta) for every query: [Q, P]."""
+    def one(th, x, y):
+        return task.measurement(model(th, x[None]), y[None])[0]
+
+    per_query = vmap(grad(one), in_dims=(None, 0, 0))
+    return _chunked(lambda s: per_query(theta, query.x[s], query.y[s]), len(query), chunk)
+
+
+def measurements(model: FlatModel, task: Task, theta: Tensor, query: Split) -> Tensor:
+    """f_q(theta) for every query: [Q] (theta [P]) or [M, Q] (theta [M, P])."""
+    if theta.dim() == 2:
+        return vmap(lambda th: measurements(model, task, th, query))(theta)
+    return task.measurement(model(theta, query.x.to(theta.dtype)), query.y.to(
+        theta.dtype if query.y.is_floating_point() else query.y.dtype))
+
+
+def output_jacobians(model: FlatModel, task: Task, theta: Tensor, data: Split, chunk: int = 128) -> Tensor:
+    """Gauss-Newton factors A_i = Lambda_i^{1/2} d g(x_i) / d theta: [n, o, P].
+
+    Lambda_i [o, o] is the Hessian of the loss with respect to the outputs (PSD for the squared error
+    and the cross-entropy), so that the GGN is mean_i A_i^T A_i.
+    """
+    def out(th, x):
+        return model(th, x[None])[0]
+
+    def loss_of_output(g, y):
+        return task.loss(g[None], y[None])[0]
+
+    jac = vmap(jacrev(out), in_dims=(None, 0))
+    out_hess = vmap(torch.func.hessian(loss_of_output))
+
+    def factors(s: slice) -> Tensor:
+        x, y = data.x[s], data.y[s]
+        j = jac(theta, x)  # [c, o, P]
+        lam = out_hess(vmap(out, in_dims=(None, 0))(theta, x), y)  # [c, o, o]
+        evals, evecs = torch.linalg.eigh(lam)
+        root = evecs @ torch.diag_embed(evals.clamp(min=0).sqrt()) @ evecs.transpose(-1, -2)
+        return root @ j
+
+    return _chunked(factors, len(data), chunk)

@@ -1,0 +1,108 @@
+"""What to attribute: a training loss and a query measurement, kept apart.
+
+A ``Task`` gives two per-example functions of the model outputs:
+
+- ``loss(outputs [n, o], targets [n]) -> [n]``: what training minimises (averaged over a batch);
+- ``measurement(outputs [n, o], targets [n]) -> [n]``: the query quantity f_q whose change we explain.
+
+Scores are d measurement / d w_i (DESIGN.md section 1), in the measurement's units.
+Subclass ``Task`` to attribute anything else that is a function of one example's outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Task:
+    """Base class: override ``loss`` and ``measurement`` (both per example)."""
+
+    name: str = "task"
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger measurement means the model does better on the query (a margin) or worse
+        (an error or a loss). Subset removal uses it to know which direction hurts."""
+        return False
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def measurement(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
+        """Raise a clear error when targets do not fit the outputs."""
+        if outputs.shape[0] != targets.shape[0]:
+            raise ValueError(f"{outputs.shape[0]} outputs but {targets.shape[0]} targets")
+
+
+@dataclass(frozen=True)
+class Regression(Task):
+    """Squared-error loss (g - y)^2; measurement: absolute error |g - y| (units of the target) or
+    the squared error ("loss"). Outputs [n, 1], targets [n]."""
+
+    name: str = "regression"
+    measure: str = "abs_error"
+
+    def __post_init__(self):
+        if self.measure not in ("abs_error", "loss"):
+            raise ValueError(f"unknown measurement {self.measure!r}; use 'abs_error' or 'loss'")
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return (outputs[..., 0] - targets) ** 2
+
+    def measurement(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        if self.measure == "loss":
+            return self.loss(outputs, targets)
+        return (outputs[..., 0] - targets).abs()
+
+    def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
+        super().check_targets(outputs, targets)
+        if outputs.shape[-1] != 1:
+            raise ValueError(f"regression expects one output per example, the model gives {outputs.shape[-1]}")
+
+
+@dataclass(frozen=True)
+class Classification(Task):
+    """Cross-entropy loss; measurement: correct-class margin logit_y - logsumexp(other logits)
+    ("margin", in nats) or the cross-entropy ("loss"). Outputs [n, classes], integer targets [n]."""
+
+    name: str = "classification"
+    measure: str = "margin"
+
+    def __post_init__(self):
+        if self.measure not in ("margin", "loss"):
+            raise ValueError(f"unknown measurement {self.measure!r}; use 'margin' or 'loss'")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.measure == "margin"
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return torch.logsumexp(outputs, -1) - _pick(outputs, targets)
+
+    def measurement(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        if self.measure == "loss":
+            return self.loss(outputs, targets)
+        correct = _pick(outputs, targets)
+        others = outputs.masked_fill(_one_hot_like(outputs, targets), float("-inf"))
+        return correct - torch.logsumexp(others, -1)
+
+    def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
+        super().check_targets(outputs, targets)
+        if targets.min() < 0 or targets.max() >= outputs.shape[-1]:
+            raise ValueError(f"class labels must lie in 0..{outputs.shape[-1] - 1}")
+
+
+def _one_hot_like(outputs: Tensor, targets: Tensor) -> Tensor:
+    # a comparison, not F.one_hot, so that it works under vmap
+    return targets.long()[..., None] == torch.arange(outputs.shape[-1], device=outputs.device)
+
+
+def _pick(outputs: Tensor, targets: Tensor) -> Tensor:
+    return (outputs * _one_hot_like(outputs, targets)).sum(-1)

@@ -1,0 +1,250 @@
+"""Functional minibatch SGD that records its trajectory.
+
+One step k with batch B_k, per-example weights w and learning rate eta_k (PyTorch's heavy-ball SGD):
+
+    g_k     = (1/|B_k|) sum_{i in B_k} w_i grad L(z_i, theta_k) + weight_decay * theta_k
+    buf_k+1 = momentum * buf_k + g_k
+    theta_k+1 = theta_k - eta_k * buf_k+1
+
+``train`` runs one model and returns a ``Run`` (initial and final parameters, checkpoints, the rate of
+every step and the batch order): everything an attribution method needs. ``train_many`` trains M models
+together with torch.func.vmap over stacked parameters, each with its own init, batch order and weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad_and_value, vmap
+from tqdm.auto import tqdm
+
+from . import store
+from .datasets import Split
+from .models import FlatModel
+from .schedules import learning_rates
+from .task import Task
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train. ``lr`` is the peak rate; ``warmup`` a fraction of the steps (see schedules)."""
+
+    lr: float = 3e-2
+    epochs: int = 20
+    batch_size: int = 32
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    schedule: str = "constant"
+    warmup: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"recipe needs lr > 0, epochs >= 1, batch_size >= 1; got {self}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    def steps_per_epoch(self, n: int) -> int:
+        return -(-n // self.batch_size)
+
+    def learning_rates(self, n: int) -> Tensor:
+        """eta_k for every step of training on n points: float64 [T]."""
+        return learning_rates(self.schedule, self.lr, self.epochs * self.steps_per_epoch(n), self.warmup)
+
+
+@dataclass
+class Run:
+    """A recorded training run.
+
+    theta tensors are flat [P]; ``checkpoints`` [C, P] are the parameters after ``checkpoint_steps[c]``
+    updates; ``lrs`` [T] float64; ``batches`` [T, B] indices into ``train`` (-1 pads a short last
+    batch); ``weights`` [N] the per-example weights trained with; ``losses`` [T] the batch losses.
+    """
+
+    model: FlatModel
+    task: Task
+    recipe: Recipe
+    train: Split
+    init: Tensor
+    final: Tensor
+    checkpoints: Tensor
+    checkpoint_steps: Tensor
+    lrs: Tensor
+    batches: Tensor
+    weights: Tensor
+    losses: Tensor = field(repr=False)
+
+    @property
+    def num_steps(self) -> int:
+        return self.batches.shape[0]
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+    @property
+    def effective_lrs(self) -> Tensor:
+        """eta_k / (1 - momentum): the rate a heavy-ball run moves at in a stationary valley."""
+        return self.lrs / (1.0 - self.recipe.momentum)
+
+
+def seed_of(*parts) -> int:
+    """A deterministic 63-bit seed from any parts (stable across processes, unlike hash())."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def batch_order(indices: Tensor, batch_size: int, epochs: int, seed: int) -> Tensor:
+    """Shuffled batches over ``indices`` for every epoch: LongTensor [T, batch_size], -1 padding."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(indices)
+    per_epoch = -(-n // batch_size)
+    out = torch.full((epochs * per_epoch, batch_size), -1, dtype=torch.long)
+    for e in range(epochs):
+        perm = indices[torch.randperm(n, generator=g)]
+        padded = torch.cat([perm, perm.new_full((per_epoch * batch_size - n,), -1)])
+        out[e * per_epoch:(e + 1) * per_epoch] = padded.view(per_epoch, batch_size)
+    return out
+
+
+def batch_coefficients(batch: Tensor, weights: Tensor) -> Tensor:
+    """The factor of each batch slot in the batch loss, w_i / |B_k|: [..., B] (0 for padding)."""
+    valid = (batch >= 0).to(weights.dtype)
+    picked = torch.gather(weights, -1, batch.clamp(min=0)) * valid
+    return picked / valid.sum(-1, keepdim=True)
+
+
+def make_update(model: FlatModel, task: Task, recipe: Recipe):
+    """The pure SGD step (theta, buf, x_b, y_b, c_b, lr) -> (theta', buf', batch loss).
+
+    c_b [B] are the batch coefficients w_i/|B_k|; lr is a 0-d tensor.
+    """
+    def batch_loss(theta, xb, yb, cb):
+        return (cb * task.loss(model(theta, xb), yb)).sum()
+
+    grad_loss = grad_and_value(batch_loss)
+
+    def update(theta, buf, xb, yb, cb, lr):
+        g, loss = grad_loss(theta, xb, yb, cb)
+        buf = recipe.momentum * buf + g + recipe.weight_decay * theta
+        return theta - lr * buf, buf, loss
+
+    return update
+
+
+def _as_flat(model: nn.Module | FlatModel) -> FlatModel:
+    return model if isinstance(model, FlatModel) else FlatModel(model)
+
+
+def _checkpoint_steps(checkpoints: int | str | Sequence[int], steps: int) -> Tensor:
+    if checkpoints == "all":
+        return torch.arange(steps)
+    if isinstance(checkpoints, int):
+        if checkpoints < 0:
+            raise ValueError("checkpoints must be >= 0")
+        # midpoints of C equal pieces: each checkpoint lies strictly inside its piece of training
+        return torch.tensor([round((j + 0.5) * steps / checkpoints) for j in range(checkpoints)],
+                            dtype=torch.long)
+    chosen = torch.as_tensor(list(checkpoints), dtype=torch.long)
+    if len(chosen) and (chosen.min() < 0 or chosen.max() > steps):
+        raise ValueError(f"checkpoint steps must lie in 0..{steps}, got {chosen.tolist()}")
+    return chosen
+
+
+def _check_data(data: Split, model: FlatModel, task: Task, theta: Tensor) -> None:
+    if not torch.isfinite(data.x).all() or (data.y.is_floating_point() and not torch.isfinite(data.y).all()):
+        raise ValueError("training data contains NaN or inf; clean or impute it before training")
+    try:
+        out = model(theta, data.x[:2])
+    except RuntimeError as err:
+        raise ValueError(f"the model cannot take inputs of shape {tuple(data.x.shape[1:])}: {err}") from err
+    task.check_targets(out, data.y[:2])
+
+
+def _diverged(step: int, recipe: Recipe, steps_per_epoch: int, loss: float, which: str = "") -> ValueError:
+    return ValueError(
+        f"training diverged{which} at step {step} (epoch {step // steps_per_epoch}): batch loss is "
+        f"{loss:.3g}; lower the learning rate (now {recipe.lr}) or check the data and targets")
+
+
+def train(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task,
+          checkpoints: int | str | Sequence[int] = 6, weights: Tensor | None = None,
+          dtype: torch.dtype = torch.float32, progress: bool = True, cache=None) -> Run:
+    """Train one model with ``recipe`` and record its trajectory.
+
+    checkpoints: how many evenly spaced checkpoints (midpoints of equal pieces of training), "all"
+    (the parameters at the start of every step), or explicit step numbers. weights: [N], default ones.
+    cache: a folder to keep the run in (keyed by model, task, recipe, data and weights), or None.
+    """
+    flat = _as_flat(model)
+    data = data.to(dtype)
+    n = len(data)
+    weights = torch.ones(n, dtype=dtype) if weights is None else weights.to(dtype)
+    if weights.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},), got {tuple(weights.shape)}")
+    init = flat.init(recipe.seed, dtype)
+    _check_data(data, flat, task, init)
+    batches = batch_order(torch.arange(n), recipe.batch_size, recipe.epochs, seed_of("order", recipe.seed))
+    lrs = recipe.learning_rates(n)
+    steps = _checkpoint_steps(checkpoints, len(lrs))
+    key = store.key_of("run", flat.describe(), task, recipe, data.fingerprint(), str(dtype), steps.tolist(),
+                       store.key_of(weights.tolist()))
+    saved = store.cached(cache, "run", key, lambda: _trajectory(
+        flat, data, recipe, task, init, batches, lrs, weights, steps, progress))
+    return Run(flat, task, recipe, data, init, saved["final"], saved["checkpoints"], steps, lrs, batches,
+               weights, saved["losses"])
+
+
+def _trajectory(model: FlatModel, data: Split, recipe: Recipe, task: Task, theta: Tensor, batches: Tensor,
+                lrs: Tensor, weights: Tensor, steps: Tensor, progress: bool) -> dict[str, Tensor]:
+    """The training loop of ``train``: final parameters, checkpoints [C, P] and batch losses [T]."""
+    update = make_update(model, task, recipe)
+    buf = torch.zeros_like(theta)
+    saved, losses = {}, torch.empty(len(lrs), dtype=torch.float64)
+    wanted = set(steps.tolist())
+    for k in tqdm(range(len(lrs)), desc="train", disable=not progress, leave=False):
+        if k in wanted:
+            saved[k] = theta
+        idx = batches[k]
+        theta, buf, loss = update(theta, buf, data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)],
+                                  batch_coefficients(idx, weights), lrs[k].to(theta.dtype))
+        losses[k] = loss = float(loss)
+        if not (abs(loss) < 1e6 * (abs(float(losses[0])) + 1.0)) or not torch.isfinite(theta).all():
+            raise _diverged(k, recipe, recipe.steps_per_epoch(len(data)), loss)
+    saved[len(lrs)] = theta
+    ckpts = torch.stack([saved[int(s)] for s in steps]) if len(steps) else theta.new_zeros(0, len(theta))
+    return {"final": theta, "checkpoints": ckpts, "losses": losses}
+
+
+def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task, inits: Tensor,
+               batches: Tensor, weights: Tensor | None = None, progress: bool = True,
+               desc: str = "train many") -> Tensor:
+    """Train M models together with vmap; returns final parameters [M, P].
+
+    inits [M, P]; batches [M, T, B] (each model's batch order, -1 padding, all with the same T);
+    weights [M, N] (default ones). Learning rates follow ``recipe`` for T steps.
+    """
+    flat = _as_flat(model)
+    data = data.to(inits.dtype)
+    m, steps = batches.shape[:2]
+    weights = torch.ones(m, len(data), dtype=inits.dtype) if weights is None else weights.to(inits.dtype)
+    if inits.shape[0] != m or weights.shape != (m, len(data)):
+        raise ValueError(f"inits {tuple(inits.shape)}, batches {tuple(batches.shape)} and weights "
+                         f"{tuple(weights.shape)} must agree on the number of models and points")
+    lrs = learning_rates(recipe.schedule, recipe.lr, steps, recipe.warmup).to(inits.dtype)
+    step = vmap(make_update(flat, task, recipe), in_dims=(0, 0, 0, 0, 0, None))
+    theta, buf = inits.clone(), torch.zeros_like(inits)
+    for k in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        idx = batches[:, k]
+        theta, buf, loss = step(theta, buf, data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)],
+                                batch_coefficients(idx, weights), lrs[k])
+        if not torch.isfinite(loss).all():
+            bad = int((~torch.isfinite(loss)).nonzero()[0])
+            raise _diverged(k, recipe, max(steps // recipe.epochs, 1), float(loss[bad]), f" (model {bad})")
+    return theta

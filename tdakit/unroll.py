@@ -1,0 +1,75 @@
+"""Exact unrolled differentiation: d f_q(theta_T(w)) / d w_i through the whole recorded run.
+
+The forward pass replays the run (same init, batch order and rates, in the requested dtype) and keeps
+theta_k and the momentum buffer at every step. The reverse pass carries the adjoints of (theta, buf)
+back one step at a time; a single torch.func.vjp of the step's gradient g_k(theta, c) gives both the
+Hessian-vector product (to go back one step) and, since g_k is linear in the batch coefficients
+c_j = w_j/|B_k|, every batch point's contribution to the score. vmap batches the queries.
+Memory: T x P values per stored tensor, so this is for small models and short runs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.func import grad, vjp, vmap
+from tqdm.auto import tqdm
+
+from .datasets import Split
+from .grads import measurement_grads
+from .training import Run, batch_coefficients, make_update
+
+
+def replay(run: Run, dtype: torch.dtype | None = None, weights: Tensor | None = None) -> Tensor:
+    """Parameters at the start of every step, theta_0..theta_T: [T + 1, P] (float64 if asked)."""
+    dtype = dtype or run.final.dtype
+    data = run.train.to(dtype)
+    w = (run.weights if weights is None else weights).to(dtype)
+    update = make_update(run.model, run.task, run.recipe)
+    theta, buf = run.init.to(dtype), torch.zeros_like(run.init, dtype=dtype)
+    thetas = [theta]
+    for k in range(run.num_steps):
+        idx = run.batches[k]
+        theta, buf, _ = update(theta, buf, data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)],
+                               batch_coefficients(idx, w), run.lrs[k].to(dtype))
+        thetas.append(theta)
+    return torch.stack(thetas)
+
+
+def unrolled_scores(run: Run, query: Split, dtype: torch.dtype | None = None, chunk: int = 128,
+                    progress: bool = True) -> Tensor:
+    """score[q, i] = d f_q(theta_T(w)) / d w_i at w = run.weights, exactly, for this batch order.
+
+    Returns [Q, N] in units of the measurement. Removing S is predicted as -sum_{i in S} score[:, i].
+    """
+    dtype = dtype or run.final.dtype
+    data, query = run.train.to(dtype), query.to(dtype)
+    w = run.weights.to(dtype)
+    model, task, recipe = run.model, run.task, run.recipe
+    thetas = replay(run, dtype)
+    v_final = measurement_grads(model, task, thetas[-1], query)  # [Q, P]
+
+    def batch_gradient(theta, xb, yb, cb):
+        return grad(lambda th: (cb * task.loss(model(th, xb), yb)).sum())(theta)
+
+    scores = torch.zeros(len(query), len(data), dtype=dtype)
+    for start in range(0, len(query), chunk):
+        lam_theta = v_final[start:start + chunk]
+        lam_buf = torch.zeros_like(lam_theta)
+        rows = scores[start:start + chunk]
+        for k in tqdm(reversed(range(run.num_steps)), total=run.num_steps, desc="unroll",
+                      disable=not progress, leave=False):
+            idx = run.batches[k]
+            valid = (idx >= 0).to(dtype)
+            cb = batch_coefficients(idx, w)
+            # theta' = theta - eta buf',  buf' = beta buf + g(theta, c) + wd theta
+            lam_bufnew = lam_buf - run.lrs[k].to(dtype) * lam_theta
+            xb, yb = data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)]
+            _, pullback = vjp(lambda th, c, xb=xb, yb=yb: batch_gradient(th, xb, yb, c), thetas[k], cb)
+            hvp, dc = vmap(pullback)(lam_bufnew)
+            lam_theta = lam_theta + hvp + recipe.weight_decay * lam_bufnew
+            lam_buf = recipe.momentum * lam_bufnew
+            # dc_j/dw_i = valid_j / |B_k| for the point i sitting in slot j
+            contrib = dc * (valid / valid.sum())
+            rows.index_add_(1, idx.clamp(min=0), contrib * valid)
+    return scores

@@ -1,0 +1,141 @@
+"""LDS, reliability, ground truth and removal against synthetic truths and actual retraining."""
+
+import pytest
+import scipy.stats
+import torch
+
+import tdakit
+import tdakit.evaluation.ground_truth as ground_truth_module
+from tdakit.evaluation import (
+    GroundTruth,
+    groundtruth,
+    lds,
+    random_subsets,
+    rankdata,
+    reliability,
+    retrain,
+    spearman,
+    subset_removal,
+)
+
+from .conftest import smooth_mlp
+
+
+def test_rankdata_and_spearman_match_scipy_with_ties():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 6, (5, 40), generator=g).double()  # many ties
+    b = torch.randn(5, 40, generator=g, dtype=torch.float64)
+    for row_a, row_b in zip(a, b, strict=True):
+        assert torch.allclose(rankdata(row_a), torch.tensor(scipy.stats.rankdata(row_a.numpy())))
+        assert float(spearman(row_a, row_b)) == pytest.approx(scipy.stats.spearmanr(row_a, row_b)[0], abs=1e-12)
+
+
+def _synthetic_truth(true_scores, subsets=200, seeds=4, noise=0.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    masks = random_subsets(true_scores.shape[1], subsets, 0.5, seed)
+    signal = masks.double() @ true_scores.T  # [M, Q]
+    values = signal[:, None] + noise * torch.randn(subsets, seeds, true_scores.shape[0], generator=g,
+                                                   dtype=torch.float64)
+    return GroundTruth(masks, values)
+
+
+def test_lds_of_a_perfect_predictor_is_one_and_of_random_scores_near_zero():
+    g = torch.Generator().manual_seed(1)
+    true_scores = torch.randn(30, 80, generator=g, dtype=torch.float64)
+    truth = _synthetic_truth(true_scores)
+    perfect = lds(true_scores, truth)
+    assert perfect.value == pytest.approx(1.0) and perfect.low == pytest.approx(1.0)
+    noise = lds(torch.randn(30, 80, generator=g, dtype=torch.float64), truth)
+    assert abs(noise.value) < 0.05 and noise.low < 0 < noise.high
+    flipped = lds(-true_scores, truth)
+    assert flipped.value == pytest.approx(-1.0)
+
+
+def test_reliability_matches_the_theory_of_averaged_noise():
+    # signal variance across subsets ~ N/4 per unit-variance score; noise sigma per seed
+    g = torch.Generator().manual_seed(2)
+    true_scores = torch.randn(40, 100, generator=g, dtype=torch.float64)
+    signal_sd = (0.25 * 100) ** 0.5
+    for seeds, sigma in ((4, signal_sd), (16, 2 * signal_sd)):
+        truth = _synthetic_truth(true_scores, subsets=300, seeds=seeds, noise=sigma)
+        expected = 1 / (1 + sigma**2 / (signal_sd**2 * seeds))
+        got = reliability(truth).reliability
+        assert got == pytest.approx(expected, abs=0.06), (seeds, got, expected)
+        # an exact predictor reaches about the ceiling
+        assert lds(true_scores, truth).value == pytest.approx(reliability(truth).ceiling, abs=0.06)
+
+
+def test_lds_rejects_mismatched_scores():
+    truth = _synthetic_truth(torch.randn(3, 10, dtype=torch.float64), subsets=5)
+    with pytest.raises(ValueError, match="do not match the ground truth's 3 queries x 10 training points"):
+        lds(torch.zeros(3, 11), truth)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(small_regression):
+    train, _ = small_regression
+    recipe = tdakit.Recipe(lr=0.05, epochs=4, batch_size=8, momentum=0.9, weight_decay=1e-3, seed=7)
+    return tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), dtype=torch.float64, progress=False)
+
+
+def test_retraining_on_kept_points_equals_training_on_the_subset(tiny_run):
+    keep = torch.zeros(1, 64, dtype=torch.bool)
+    kept = torch.tensor([3, 5, 8, 13, 21, 34, 40, 41, 50, 55, 60, 63])
+    keep[0, kept] = True
+    theta = retrain(tiny_run, keep, init_seeds=[7], order_seeds=[tdakit.training.seed_of("order", 7)],
+                    progress=False)
+    direct = tdakit.train(tiny_run.model, tiny_run.train.subset(kept), tiny_run.recipe, tiny_run.task,
+                          dtype=torch.float64, progress=False)
+    assert torch.allclose(theta[0], direct.final, rtol=1e-10, atol=1e-12)
+
+
+def test_groundtruth_is_cached_per_chunk_and_resumes(tiny_run, small_regression, tmp_path, monkeypatch):
+    _, query = small_regression
+    truth = groundtruth(tiny_run, query, subsets=6, seeds=2, chunk=4, cache=tmp_path, progress=False)
+    assert truth.values.shape == (6, 2, len(query)) and truth.masks.sum(1).eq(32).all()
+    chunks = sorted(tmp_path.glob("groundtruth-*.pt"))
+    assert len(chunks) == 3
+    chunks[1].write_bytes(b"interrupted half-write")  # a corrupt chunk is recomputed, the others reused
+    calls = []
+    original = ground_truth_module.retrain
+    monkeypatch.setattr(ground_truth_module, "retrain",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    again = groundtruth(tiny_run, query, subsets=6, seeds=2, chunk=4, cache=tmp_path, progress=False)
+    assert len(calls) == 1 and torch.equal(again.values, truth.values)
+
+
+def test_seeds_differ_and_rerun_is_identical(tiny_run, small_regression):
+    _, query = small_regression
+    a = groundtruth(tiny_run, query, subsets=3, seeds=2, progress=False)
+    b = groundtruth(tiny_run, query, subsets=3, seeds=2, progress=False)
+    assert torch.equal(a.values, b.values)
+    assert not torch.allclose(a.values[:, 0], a.values[:, 1])
+
+
+def test_removing_the_most_helpful_points_hurts_more_than_removing_random_ones(small_regression):
+    # a convex problem trained to convergence: seeds barely matter and influence is accurate,
+    # so the expected removal curve is known to rise with k and to beat random removal
+    train, query = small_regression
+    recipe = tdakit.Recipe(lr=0.02, epochs=40, batch_size=16, momentum=0.9, weight_decay=1e-3)
+    run = tdakit.train(torch.nn.Linear(8, 1), train, recipe, tdakit.Regression(), dtype=torch.float64,
+                       progress=False)
+    scores = tdakit.attribute(run, query, "influence", curvature="hessian")
+    top = subset_removal(run, query, scores, ks=[1, 4, 12], seeds=2, progress=False)
+    rand = tdakit.evaluation.random_removal(run, query, ks=[1, 4, 12], seeds=2, progress=False)
+    assert top.change.shape == (3, len(query))
+    # absolute error: removing helpful points raises it, more for more points, more than at random
+    curve = top.change.mean(1)
+    assert 0 < curve[0] < curve[1] < curve[2], curve
+    assert (curve > rand.change.mean(1)).all()
+
+
+def test_removal_of_more_points_than_exist_is_refused(tiny_run, small_regression):
+    with pytest.raises(ValueError, match="k must lie in 1..63"):
+        subset_removal(tiny_run, small_regression[1], torch.zeros(6, 64), ks=[64], progress=False)
+    with pytest.raises(ValueError, match="indices must lie in 0..63"):
+        tdakit.leave_one_out(tiny_run, small_regression[1], [64], progress=False)
+
+
+def test_leave_one_out_with_seeds_returns_changes(tiny_run, small_regression):
+    change = tdakit.leave_one_out(tiny_run, small_regression[1], [0, 1], seeds=2, progress=False)
+    assert change.shape == (2, 6) and torch.isfinite(change).all() and (change != 0).any()

@@ -1,0 +1,77 @@
+"""Bad input gets a clear error that says what was wrong and how to fix it."""
+
+import pytest
+import torch
+
+import tdakit
+from tdakit.datasets import Split
+
+from .conftest import smooth_mlp
+
+
+def test_concrete_split_and_scaler(concrete):
+    assert (len(concrete.train), len(concrete.query), len(concrete.test)) == (896, 103, 31)
+    assert concrete.train.x.mean(0).abs().max() < 1e-5
+    assert (concrete.train.x.std(0, unbiased=False) - 1).abs().max() < 1e-4
+    assert concrete.scaler.unit == "MPa" and 20 < concrete.scaler.mean < 50
+    again = tdakit.datasets.load("concrete")
+    assert torch.equal(again.query.x, concrete.query.x)
+    assert not torch.equal(tdakit.datasets.load("concrete", seed=1).query.x, concrete.query.x)
+
+
+def test_unknown_dataset_lists_the_available_ones():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'; available: concrete"):
+        tdakit.datasets.load("cifar")
+
+
+def test_mismatched_shapes_are_refused(small_regression):
+    train, _ = small_regression
+    with pytest.raises(ValueError, match="x has 64 rows but y has 63"):
+        Split(train.x, train.y[:-1])
+    with pytest.raises(ValueError, match=r"cannot take inputs of shape \(5,\)"):
+        tdakit.train(smooth_mlp(), Split(train.x[:, :5], train.y), tdakit.Recipe(), tdakit.Regression(),
+                     progress=False)
+    with pytest.raises(ValueError, match=r"weights must have shape \(64,\)"):
+        tdakit.train(smooth_mlp(), train, tdakit.Recipe(), tdakit.Regression(), weights=torch.ones(3),
+                     progress=False)
+    with pytest.raises(ValueError, match="one output per example"):
+        tdakit.train(tdakit.mlp(8, (4,), 2), train, tdakit.Recipe(), tdakit.Regression(), progress=False)
+
+
+def test_nan_data_is_refused(small_regression):
+    train, _ = small_regression
+    x = train.x.clone()
+    x[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        tdakit.train(smooth_mlp(), Split(x, train.y), tdakit.Recipe(), tdakit.Regression(), progress=False)
+
+
+def test_diverging_training_names_the_step(small_regression):
+    train, _ = small_regression
+    with pytest.raises(ValueError, match=r"training diverged at step \d+ \(epoch \d+\).*lower the learning rate"):
+        tdakit.train(tdakit.mlp(8, (32,)), train, tdakit.Recipe(lr=50.0, momentum=0.9), tdakit.Regression(),
+                     dtype=torch.float64, progress=False)
+
+
+def test_bad_recipes_and_tasks():
+    with pytest.raises(ValueError, match="momentum must lie in"):
+        tdakit.Recipe(momentum=1.0)
+    with pytest.raises(ValueError, match="unknown schedule 'step'"):
+        tdakit.Recipe(schedule="step").learning_rates(10)
+    with pytest.raises(ValueError, match="unknown measurement 'accuracy'"):
+        tdakit.Classification(measure="accuracy")
+    with pytest.raises(ValueError, match="buffers"):
+        tdakit.FlatModel(torch.nn.BatchNorm1d(3))
+
+
+def test_classification_margin_and_loss():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
+    y = torch.tensor([0, 2])
+    margin = tdakit.Classification().measurement(logits, y)
+    expected = torch.stack([2.0 - torch.logsumexp(torch.tensor([0.0, -1.0]), 0),
+                            1.0 - torch.logsumexp(torch.tensor([0.0, 3.0]), 0)])
+    assert torch.allclose(margin, expected)
+    assert torch.allclose(tdakit.Classification().loss(logits, y), torch.nn.functional.cross_entropy(
+        logits, y, reduction="none"))
+    with pytest.raises(ValueError, match="class labels must lie in 0..2"):
+        tdakit.Classification().check_targets(logits, torch.tensor([0, 3]))

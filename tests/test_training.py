@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+import tdakit
+from tdakit.schedules import SCHEDULES, learning_rates
+from tdakit.training import batch_order, seed_of, train_many
+
+from .conftest import smooth_mlp
+
+RECIPE = tdakit.Recipe(lr=0.05, epochs=3, batch_size=10, momentum=0.9, weight_decay=1e-3)
+
+
+def test_batch_order_visits_every_point_once_per_epoch_with_padding():
+    order = batch_order(torch.arange(25), batch_size=10, epochs=2, seed=3)
+    assert order.shape == (6, 10)
+    for epoch in order.view(2, 30):
+        real = epoch[epoch >= 0]
+        assert sorted(real.tolist()) == list(range(25))
+        assert (epoch < 0).sum() == 5
+
+
+def test_same_seed_same_numbers(small_regression):
+    train, _ = small_regression
+    a = tdakit.train(smooth_mlp(), train, RECIPE, tdakit.Regression(), progress=False)
+    b = tdakit.train(smooth_mlp(), train, RECIPE, tdakit.Regression(), progress=False)
+    assert torch.equal(a.final, b.final)
+    c = tdakit.train(smooth_mlp(), train, tdakit.Recipe(**{**RECIPE.__dict__, "seed": 1}), tdakit.Regression(),
+                     progress=False)
+    assert not torch.equal(a.final, c.final)
+
+
+def test_training_lowers_the_loss_and_records_the_trajectory(small_regression):
+    train, _ = small_regression
+    run = tdakit.train(smooth_mlp(), train, RECIPE, tdakit.Regression(), checkpoints="all", progress=False)
+    assert run.num_steps == 3 * 7 and run.checkpoints.shape == (21, run.model.num_params)
+    assert torch.equal(run.checkpoints[0], run.init)
+    assert run.losses[-7:].mean() < run.losses[:7].mean()
+    assert torch.allclose(run.effective_lrs, run.lrs / 0.1)
+
+
+def test_one_step_matches_the_written_out_update(small_regression):
+    train, _ = small_regression
+    recipe = tdakit.Recipe(lr=0.1, epochs=1, batch_size=64, momentum=0.5, weight_decay=0.01)
+    run = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), checkpoints=[0, 1], dtype=torch.float64,
+                       progress=False)
+    model = run.model
+    theta = run.init.clone().requires_grad_(True)
+    loss = ((model(theta, train.x)[:, 0] - train.y) ** 2).mean()
+    (g,) = torch.autograd.grad(loss, theta)
+    expected = run.init - 0.1 * (g + 0.01 * run.init)
+    assert torch.allclose(run.checkpoints[1], expected, atol=1e-12)
+
+
+def test_vmap_training_equals_one_by_one_in_float64(small_regression):
+    train, _ = small_regression
+    model = tdakit.FlatModel(smooth_mlp())
+    seeds = [0, 1, 2, 3]
+    inits = model.init_many(seeds, torch.float64)
+    orders = torch.stack([batch_order(torch.arange(64), 10, 3, seed_of("order", s)) for s in seeds])
+    weights = torch.rand(4, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    together = train_many(model, train, RECIPE, tdakit.Regression(), inits, orders, weights, progress=False)
+    for j, s in enumerate(seeds):
+        alone = tdakit.train(model, train, tdakit.Recipe(**{**RECIPE.__dict__, "seed": s}), tdakit.Regression(),
+                             weights=weights[j], dtype=torch.float64, progress=False)
+        assert torch.allclose(together[j], alone.final, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_schedules_peak_at_lr_and_stay_positive(schedule):
+    lrs = learning_rates(schedule, 0.4, 100, warmup=0.2)
+    assert lrs.shape == (100,) and (lrs > 0).all() and lrs.max() <= 0.4 + 1e-12
+    assert torch.isclose(lrs.max(), torch.tensor(0.4, dtype=torch.float64), rtol=0.05)
+
+
+def test_cyclic_schedule_rises_then_falls():
+    lrs = learning_rates("cyclic", 1.0, 100, warmup=0.3)
+    peak = int(lrs.argmax())
+    assert 25 <= peak <= 31
+    assert (lrs[1:peak + 1] >= lrs[:peak]).all() and (lrs[peak + 1:] <= lrs[peak:-1]).all()
+
+
+def test_run_cache_reuses_the_stored_run(small_regression, tmp_path, monkeypatch):
+    train, _ = small_regression
+    first = tdakit.train(smooth_mlp(), train, RECIPE, tdakit.Regression(), progress=False, cache=tmp_path)
+    assert len(list(tmp_path.glob("run-*.pt"))) == 1
+
+    def boom(*args, **kwargs):
+        raise AssertionError("should have been read from the cache")
+
+    monkeypatch.setattr(tdakit.training, "_trajectory", boom)
+    second = tdakit.train(smooth_mlp(), train, RECIPE, tdakit.Regression(), progress=False, cache=tmp_path)
+    assert torch.equal(first.final, second.final)
