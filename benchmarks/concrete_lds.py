@@ -50,13 +50,16 @@ def main() -> None:
 
     damping = tdakit.attribution.implied_damping(run)
     methods = [
-        ("exact unrolling", "unrolled", {"progress": False}),
+        ("exact unrolling", "unrolled", {}),
         (f"influence ({curvature}, damping 1/(eta_eff T) = {damping:.2g})", "influence",
          {"curvature": curvature}),
         ("SOURCE L=1, C=6", "source", {"segments": 1, "curvature": curvature}),
         ("SOURCE L=3, C=6", "source", {"segments": 3, "curvature": curvature}),
         ("Fast-SOURCE L=3", "fast_source", {"segments": 3, "curvature": curvature}),
     ]
+    if curvature == "hessian":  # the full Hessian has negative eigenvalues: show SOURCE with them clipped
+        methods += [(f"{label}, negative eigenvalues clipped", method, {**settings, "curvature": "hessian_clipped"})
+                    for label, method, settings in methods[1:]]
     rows, exact = [], None
     for label, method, settings in methods:
         scores = tdakit.attribute(run, data.query, method, **settings)

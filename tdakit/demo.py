@@ -57,14 +57,14 @@ def run_demo(out: str = "tdakit-report", model: str = "paper", subsets: int = 10
 
     damping = implied_damping(run)
     methods = {
-        "exact unrolling": ("unrolled", {"progress": progress}),
+        "exact unrolling": ("unrolled", {}),
         "influence": ("influence", {"curvature": curvature}),
         "SOURCE (L=3, C=6)": ("source", {"segments": 3, "curvature": curvature}),
         "Fast-SOURCE (L=3)": ("fast_source", {"segments": 3, "curvature": curvature}),
     }
     scores = {}
     for name, (method, settings) in methods.items():
-        scores[name] = attribute(run, query, method, **settings)
+        scores[name] = attribute(run, query, method, progress=progress, **settings)
         say(f"{name}: {scores[name].seconds:.1f} s")
 
     t0 = time.perf_counter()

@@ -132,3 +132,10 @@ def test_segment_specs(converged):
 def test_unknown_method_lists_the_available_ones(converged, small_regression):
     with pytest.raises(ValueError, match="unknown method 'tracin'; available: unrolled, influence, source"):
         tdakit.attribute(converged, small_regression[1], "tracin")
+
+
+def test_unknown_settings_say_what_the_method_takes(converged, small_regression):
+    with pytest.raises(ValueError, match="influence does not take segments; it takes damping, curvature, theta"):
+        tdakit.attribute(converged, small_regression[1], "influence", segments=3)
+    with pytest.raises(ValueError, match="fast_source does not take damping"):
+        tdakit.attribute(converged, small_regression[1], "fast_source", damping=0.1)

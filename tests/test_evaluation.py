@@ -102,6 +102,11 @@ def test_groundtruth_is_cached_per_chunk_and_resumes(tiny_run, small_regression,
                         lambda *a, **k: calls.append(1) or original(*a, **k))
     again = groundtruth(tiny_run, query, subsets=6, seeds=2, chunk=4, cache=tmp_path, progress=False)
     assert len(calls) == 1 and torch.equal(again.values, truth.values)
+    more = groundtruth(tiny_run, query, subsets=6, seeds=3, chunk=6, cache=tmp_path / "more", progress=False)
+    calls.clear()
+    fewer = groundtruth(tiny_run, query, subsets=6, seeds=2, chunk=6, cache=tmp_path / "more", progress=False)
+    assert not calls and torch.equal(fewer.values, more.values[:, :2])  # seeds are added, not recomputed
+    assert torch.equal(fewer.values, truth.values)
 
 
 def test_seeds_differ_and_rerun_is_identical(tiny_run, small_regression):

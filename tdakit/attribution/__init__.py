@@ -8,6 +8,7 @@ as delta f_q ~= -sum_{i in S} score[q, i].
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,12 +48,25 @@ METHODS: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def attribute(run: Run, query: Split, method: str = "source", **settings) -> Scores:
-    """Scores of every training point of ``run`` for every query, by ``method`` (see METHODS)."""
+def attribute(run: Run, query: Split, method: str = "source", progress: bool = False, **settings) -> Scores:
+    """Scores of every training point of ``run`` for every query, by ``method`` (see METHODS).
+
+    settings go to the method (e.g. damping=, curvature=, segments=); progress shows a bar where the
+    method has long loops."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    fn = METHODS[method]
+    accepted = [name for name in inspect.signature(fn).parameters if name not in ("run", "query", "kwargs")]
+    if method == "fast_source":
+        accepted = [name for name in inspect.signature(source_scores).parameters
+                    if name not in ("run", "query", "fast")]
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise ValueError(f"{method} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}")
+    if "progress" in accepted:
+        settings["progress"] = progress
     start = time.perf_counter()
-    values = METHODS[method](run, query, **settings)
+    values = fn(run, query, **settings)
     return Scores(values, method, time.perf_counter() - start, settings)
 
 

@@ -49,13 +49,18 @@ def hessian(model: FlatModel, task: Task, theta: Tensor, data: Split, weight_dec
     return 0.5 * (H + H.T) + weight_decay * eye
 
 
-def hessian_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split,
-                      weight_decay: float) -> EigenCurvature:
-    """Eigendecomposition (float64) of the Hessian averaged over thetas [C, P]."""
+def hessian_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
+                      clip_negative: bool = False) -> EigenCurvature:
+    """Eigendecomposition (float64) of the Hessian averaged over thetas [C, P].
+
+    clip_negative: set negative eigenvalues to 0. A nonconvex network's Hessian has some; SOURCE's
+    exp(-eta K s) then grows like exp(eta K |s|), an amplification real training never shows because
+    the curvature is not stationary there. Keep them (the default) for exact identities.
+    """
     thetas = thetas.reshape(-1, thetas.shape[-1])
     H = sum(hessian(model, task, th, data, weight_decay).double() for th in thetas) / len(thetas)
     evals, evecs = torch.linalg.eigh(H)
-    return EigenCurvature(evecs, evals, floor=0.0)
+    return EigenCurvature(evecs, evals.clamp(min=0) if clip_negative else evals, floor=0.0)
 
 
 def ggn_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,

@@ -60,10 +60,12 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
     """Retrain subsets x seeds models with the run's recipe; see the module docstring."""
     masks = random_subsets(run.num_train, subsets, fraction, seed)
     jobs = [(m, r) for r in range(seeds) for m in range(subsets)]
-    base_key = store.key_of("groundtruth", run_key(run), query.fingerprint(), subsets, fraction, seeds, seed)
+    # chunks are keyed by the (subset, seed) jobs they hold, and jobs run seed by seed: asking again
+    # with more seeds reuses every chunk already computed
+    base_key = store.key_of("groundtruth", run_key(run), query.fingerprint(), subsets, fraction, seed)
     values = torch.empty(subsets, seeds, len(query), dtype=run.final.dtype)
     bar = tqdm(total=len(jobs), desc="ground truth (models)", disable=not progress)
-    for c, start in enumerate(range(0, len(jobs), chunk)):
+    for start in range(0, len(jobs), chunk):
         part = jobs[start:start + chunk]
 
         def compute(part=part) -> dict:
@@ -73,7 +75,7 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
                             chunk=chunk, progress=False)
             return {"values": measurements(run.model, run.task, theta, query)}
 
-        got = store.cached(cache, "groundtruth", store.key_of(base_key, c, chunk), compute)["values"]
+        got = store.cached(cache, "groundtruth", store.key_of(base_key, part), compute)["values"]
         for (m, r), row in zip(part, got, strict=True):
             values[m, r] = row
         bar.update(len(part))
