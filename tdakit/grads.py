@@ -21,6 +21,7 @@ def loss_grads(model: FlatModel, task: Task, theta: Tensor, data: Split, chunk: 
         return task.loss(model(th, x[None]), y[None])[0]
 
     per_example = vmap(grad(one), in_dims=(None, 0, 0))
+    data = data.to(theta.dtype, theta.device)
     return _chunked(lambda s: per_example(theta, data.x[s], data.y[s]), len(data), chunk)
 
 
@@ -30,6 +31,7 @@ def measurement_grads(model: FlatModel, task: Task, theta: Tensor, query: Split,
         return task.measurement(model(th, x[None]), y[None])[0]
 
     per_query = vmap(grad(one), in_dims=(None, 0, 0))
+    query = query.to(theta.dtype, theta.device)
     return _chunked(lambda s: per_query(theta, query.x[s], query.y[s]), len(query), chunk)
 
 
@@ -37,8 +39,8 @@ def measurements(model: FlatModel, task: Task, theta: Tensor, query: Split) -> T
     """f_q(theta) for every query: [Q] (theta [P]) or [M, Q] (theta [M, P])."""
     if theta.dim() == 2:
         return vmap(lambda th: measurements(model, task, th, query))(theta)
-    return task.measurement(model(theta, query.x.to(theta.dtype)), query.y.to(
-        theta.dtype if query.y.is_floating_point() else query.y.dtype))
+    query = query.to(theta.dtype, theta.device)
+    return task.measurement(model(theta, query.x), query.y)
 
 
 def output_jacobians(model: FlatModel, task: Task, theta: Tensor, data: Split, chunk: int = 128) -> Tensor:
@@ -53,6 +55,7 @@ def output_jacobians(model: FlatModel, task: Task, theta: Tensor, data: Split, c
     def loss_of_output(g, y):
         return task.loss(g[None], y[None])[0]
 
+    data = data.to(theta.dtype, theta.device)
     jac = vmap(jacrev(out), in_dims=(None, 0))
     out_hess = vmap(torch.func.hessian(loss_of_output))
 

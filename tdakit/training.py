@@ -185,10 +185,11 @@ def train(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task,
     flat = _as_flat(model)
     data = data.to(dtype)
     n = len(data)
-    weights = torch.ones(n, dtype=dtype) if weights is None else weights.to(dtype)
+    device = data.x.device  # everything follows the data
+    weights = torch.ones(n, dtype=dtype, device=device) if weights is None else weights.to(device, dtype)
     if weights.shape != (n,):
         raise ValueError(f"weights must have shape ({n},), got {tuple(weights.shape)}")
-    init = flat.init(recipe.seed, dtype)
+    init = flat.init(recipe.seed, dtype).to(device)
     _check_data(data, flat, task, init)
     batches = batch_order(torch.arange(n), recipe.batch_size, recipe.epochs, seed_of("order", recipe.seed))
     lrs = recipe.learning_rates(n)
@@ -211,7 +212,7 @@ def _trajectory(model: FlatModel, data: Split, recipe: Recipe, task: Task, theta
     for k in tqdm(range(len(lrs)), desc="train", disable=not progress, leave=False):
         if k in wanted:
             saved[k] = theta
-        idx = batches[k]
+        idx = batches[k].to(theta.device)
         theta, buf, loss = update(theta, buf, data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)],
                                   batch_coefficients(idx, weights), lrs[k].to(theta.dtype))
         losses[k] = loss = float(loss)
@@ -231,17 +232,18 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
     weights [M, N] (default ones). Learning rates follow ``recipe`` for T steps.
     """
     flat = _as_flat(model)
-    data = data.to(inits.dtype)
+    data = data.to(inits.dtype, inits.device)
     m, steps = batches.shape[:2]
-    weights = torch.ones(m, len(data), dtype=inits.dtype) if weights is None else weights.to(inits.dtype)
+    weights = (torch.ones(m, len(data), dtype=inits.dtype, device=inits.device) if weights is None
+               else weights.to(inits.device, inits.dtype))
     if inits.shape[0] != m or weights.shape != (m, len(data)):
         raise ValueError(f"inits {tuple(inits.shape)}, batches {tuple(batches.shape)} and weights "
                          f"{tuple(weights.shape)} must agree on the number of models and points")
-    lrs = learning_rates(recipe.schedule, recipe.lr, steps, recipe.warmup).to(inits.dtype)
+    lrs = learning_rates(recipe.schedule, recipe.lr, steps, recipe.warmup).to(inits.device, inits.dtype)
     step = vmap(make_update(flat, task, recipe), in_dims=(0, 0, 0, 0, 0, None))
     theta, buf = inits.clone(), torch.zeros_like(inits)
     for k in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
-        idx = batches[:, k]
+        idx = batches[:, k].to(inits.device)
         theta, buf, loss = step(theta, buf, data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)],
                                 batch_coefficients(idx, weights), lrs[k])
         if not torch.isfinite(loss).all():

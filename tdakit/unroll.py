@@ -29,7 +29,7 @@ def replay(run: Run, dtype: torch.dtype | None = None, weights: Tensor | None = 
     theta, buf = run.init.to(dtype), torch.zeros_like(run.init, dtype=dtype)
     thetas = [theta]
     for k in range(run.num_steps):
-        idx = run.batches[k]
+        idx = run.batches[k].to(theta.device)
         theta, buf, _ = update(theta, buf, data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)],
                                batch_coefficients(idx, w), run.lrs[k].to(dtype))
         thetas.append(theta)
@@ -52,14 +52,14 @@ def unrolled_scores(run: Run, query: Split, dtype: torch.dtype | None = None, ch
     def batch_gradient(theta, xb, yb, cb):
         return grad(lambda th: (cb * task.loss(model(th, xb), yb)).sum())(theta)
 
-    scores = torch.zeros(len(query), len(data), dtype=dtype)
+    scores = torch.zeros(len(query), len(data), dtype=dtype, device=v_final.device)
     for start in range(0, len(query), chunk):
         lam_theta = v_final[start:start + chunk]
         lam_buf = torch.zeros_like(lam_theta)
         rows = scores[start:start + chunk]
         for k in tqdm(reversed(range(run.num_steps)), total=run.num_steps, desc="unroll",
                       disable=not progress, leave=False):
-            idx = run.batches[k]
+            idx = run.batches[k].to(scores.device)
             valid = (idx >= 0).to(dtype)
             cb = batch_coefficients(idx, w)
             # theta' = theta - eta buf',  buf' = beta buf + g(theta, c) + wd theta

@@ -78,7 +78,7 @@ def source_scores(run: Run, query: Split, segments: int | Sequence[int] = 3, cur
     dtype = run.final.dtype
     data, query = run.train.to(dtype), query.to(dtype)
     v = measurement_grads(run.model, run.task, run.final, query)
-    scores = torch.zeros(len(query), len(data), dtype=torch.float64)
+    scores = torch.zeros(len(query), len(data), dtype=torch.float64, device=v.device)
     rates = run.effective_lrs
     for seg in tqdm(parts[::-1], desc="SOURCE segments", disable=not progress, leave=False):
         thetas = run.checkpoints[list(seg.checkpoints)]

@@ -47,13 +47,13 @@ class EigenCurvature:
         coeff = x @ V  # [..., r]
         out = (coeff * fn(self.eigenvalues.to(V.dtype))) @ V.T
         if self.rank < self.num_params:
-            f_floor = fn(torch.tensor(self.floor, dtype=V.dtype))
+            f_floor = fn(torch.tensor(self.floor, dtype=V.dtype, device=V.device))
             out = out + f_floor * (x - coeff @ V.T)
         return out.to(v.dtype)
 
     def dense(self) -> Tensor:
         """The matrix itself [P, P] (small models only: tests and plots)."""
-        eye = torch.eye(self.num_params, dtype=self.eigenvectors.dtype)
+        eye = torch.eye(self.num_params, dtype=self.eigenvectors.dtype, device=self.eigenvectors.device)
         return self.apply(lambda s: s, eye)
 
 
@@ -89,12 +89,12 @@ class SampleSpaceCurvature:
     def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
         """fn(M) v for v [..., P] = fn(floor) v + V (fn(sigma + floor) - fn(floor)) V^T v."""
         A, U, sigma = self.factor, self.gram_vectors, self.gram_values
-        f_floor = fn(torch.tensor(self.floor, dtype=torch.float64))
+        f_floor = fn(torch.tensor(self.floor, dtype=torch.float64, device=A.device))
         gain = (fn(sigma + self.floor) - f_floor) / sigma
         coeff = (v.to(A.dtype) @ A.T).double() @ U  # sigma^{1/2} V^T v
         back = ((coeff * gain) @ U.T).to(A.dtype) @ A
         return (f_floor * v.double() + back.double()).to(v.dtype)
 
     def dense(self) -> Tensor:
-        eye = torch.eye(self.num_params, dtype=torch.float64)
+        eye = torch.eye(self.num_params, dtype=torch.float64, device=self.factor.device)
         return self.apply(lambda s: s, eye)

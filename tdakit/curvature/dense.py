@@ -43,7 +43,7 @@ def hessian(model: FlatModel, task: Task, theta: Tensor, data: Split, weight_dec
     def hvp(direction):
         return jvp(grad_fn, (theta,), (direction,))[1]
 
-    eye = torch.eye(P, dtype=theta.dtype)
+    eye = torch.eye(P, dtype=theta.dtype, device=theta.device)
     columns = [vmap(hvp)(eye[s:s + chunk]) for s in range(0, P, chunk)]
     H = torch.cat(columns)
     return 0.5 * (H + H.T) + weight_decay * eye
@@ -76,7 +76,7 @@ def ggn_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split, wei
     A = torch.cat([output_jacobians(model, task, th, data).flatten(0, 1) for th in thetas])
     A = A / (n * C) ** 0.5  # G - wd I = A^T A
     rows, P = A.shape
-    gram = torch.zeros(rows, rows, dtype=torch.float64)
+    gram = torch.zeros(rows, rows, dtype=torch.float64, device=A.device)
     for s in range(0, P, chunk):  # accumulate over parameter blocks: never a float64 copy of A
         block = A[:, s:s + chunk].double()
         gram += block @ block.T

@@ -73,7 +73,7 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
                             init_seeds=[seed_of("init", seed, r) for _, r in part],
                             order_seeds=[seed_of("order", seed, m, r) for m, r in part],
                             chunk=chunk, progress=False)
-            return {"values": measurements(run.model, run.task, theta, query)}
+            return {"values": measurements(run.model, run.task, theta, query.to(device=theta.device)).cpu()}
 
         got = store.cached(cache, "groundtruth", store.key_of(base_key, part), compute)["values"]
         for (m, r), row in zip(part, got, strict=True):

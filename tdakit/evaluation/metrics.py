@@ -54,7 +54,7 @@ def bootstrap(per_query: Tensor, resamples: int = 2000, seed: int = 0) -> Interv
 
 def predictions(scores: Tensor, masks: Tensor) -> Tensor:
     """Predicted measurement (up to a constant) of each subset model: sum of kept points' scores, [M, Q]."""
-    return masks.to(scores.dtype) @ scores.T
+    return masks.to(scores.device, scores.dtype) @ scores.T
 
 
 def lds(scores, truth: GroundTruth, seed: int = 0) -> Interval:
@@ -64,7 +64,7 @@ def lds(scores, truth: GroundTruth, seed: int = 0) -> Interval:
     if values.shape != (truth.values.shape[2], truth.masks.shape[1]):
         raise ValueError(f"scores {tuple(values.shape)} do not match the ground truth's "
                          f"{truth.values.shape[2]} queries x {truth.masks.shape[1]} training points")
-    per_query = spearman(predictions(values.double(), truth.masks).T, truth.mean.double().T)
+    per_query = spearman(predictions(values.detach().double().cpu(), truth.masks).T, truth.mean.double().T)
     return bootstrap(per_query, seed=seed)
 
 

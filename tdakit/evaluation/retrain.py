@@ -23,13 +23,14 @@ def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int = 256, p
     counts = keep.sum(1)
     if (counts == 0).any():
         raise ValueError("a retraining would keep no training points; remove fewer points")
-    out = torch.empty(len(keep), run.model.num_params, dtype=run.final.dtype)
+    device = run.final.device
+    out = torch.empty(len(keep), run.model.num_params, dtype=run.final.dtype, device=device)
     r = run.recipe
     for count in counts.unique().tolist():
         rows = (counts == count).nonzero()[:, 0]
         for s in range(0, len(rows), chunk):
             part = rows[s:s + chunk].tolist()
-            inits = torch.stack([run.model.init(int(init_seeds[j]), run.final.dtype) for j in part])
+            inits = torch.stack([run.model.init(int(init_seeds[j]), run.final.dtype) for j in part]).to(device)
             orders = torch.stack([batch_order(keep[j].nonzero()[:, 0], r.batch_size, r.epochs,
                                               int(order_seeds[j])) for j in part])
             out[part] = train_many(run.model, run.train, r, run.task, inits, orders, progress=progress,
@@ -39,7 +40,7 @@ def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int = 256, p
 
 def retrain_reweighted(run: Run, weights: Tensor, chunk: int = 256, progress: bool = True) -> Tensor:
     """Rerun the recorded trajectory (same init, batch order, rates) with weights [J, N]: [J, P]."""
-    weights = torch.as_tensor(weights, dtype=run.final.dtype)
+    weights = torch.as_tensor(weights, dtype=run.final.dtype, device=run.final.device)
     out = []
     for s in range(0, len(weights), chunk):
         w = weights[s:s + chunk]
