@@ -24,8 +24,8 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/concrete_lds.py --model paper --seeds 64
-	$(BIN)/python benchmarks/concrete_lds.py --model narrow --seeds 64
+	$(BIN)/python benchmarks/concrete_lds.py --model paper --seeds 100
+	$(BIN)/python benchmarks/concrete_lds.py --model narrow --seeds 100
 	$(BIN)/python benchmarks/speed.py
 
 clean:

@@ -1,8 +1,8 @@
 """LDS of every dense method on UCI Concrete against subset retraining, with the ground truth's
 reliability at R = 5 and at R seeds.
 
-    python benchmarks/concrete_lds.py --model paper --seeds 64      # 3 x 128 MLP, exact GGN
-    python benchmarks/concrete_lds.py --model narrow --seeds 64     # 2 x 64 MLP, full Hessian
+    python benchmarks/concrete_lds.py --model paper --seeds 100     # 3 x 128 MLP, exact GGN
+    python benchmarks/concrete_lds.py --model narrow --seeds 100    # 2 x 32 MLP, full Hessian
 
 Prints a markdown table and writes JSON next to --out. Ground truth is cached (TDAKIT_CACHE).
 """
@@ -20,13 +20,13 @@ import tdakit
 from tdakit.evaluation import reliability, spearman
 from tdakit.evaluation.ground_truth import GroundTruth
 
-MODELS = {"paper": ((128, 128, 128), "ggn"), "narrow": ((64, 64), "hessian")}
+MODELS = {"paper": ((128, 128, 128), "ggn"), "narrow": ((32, 32), "hessian")}
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", choices=sorted(MODELS), default="paper")
-    p.add_argument("--seeds", type=int, default=64)
+    p.add_argument("--seeds", type=int, default=100)
     p.add_argument("--subsets", type=int, default=100)
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()

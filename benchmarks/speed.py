@@ -19,7 +19,7 @@ import torch
 
 import tdakit
 from tdakit.evaluation import random_subsets, retrain
-from tdakit.training import seed_of
+from tdakit.training import models_per_chunk, seed_of
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -59,13 +59,13 @@ def main() -> None:
                          checkpoints=0, progress=False)
 
     def together():
-        retrain(run, masks, init_seeds=range(256), order_seeds=[seed_of(m) for m in range(256)], chunk=256,
-                progress=False)
+        retrain(run, masks, init_seeds=range(256), order_seeds=[seed_of(m) for m in range(256)], progress=False)
 
+    chunk = models_per_chunk(run.model.num_params, run.final.dtype)
     loop_rate = loop_models / median_seconds(loop, args.repeats)
     vmap_rate = 256 / median_seconds(together, args.repeats)
     print(f"retraining on half subsets ({recipe.epochs} epochs): plain loop {loop_rate:.2f} models/s, "
-          f"vmap x256 {vmap_rate:.2f} models/s, speed-up {vmap_rate / loop_rate:.1f}x")
+          f"vmap (256 models, in chunks of {chunk}) {vmap_rate:.2f} models/s, speed-up {vmap_rate / loop_rate:.1f}x")
 
     if args.demo:
         with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:

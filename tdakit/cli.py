@@ -12,8 +12,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="exact unrolling, influence and SOURCE on UCI Concrete, judged by LDS")
     demo.add_argument("--out", default="tdakit-report", help="report folder (default: %(default)s)")
     demo.add_argument("--model", choices=["paper", "narrow"], default="paper",
-                      help="paper: 3 x 128 MLP with exact Gauss-Newton curvature; narrow: 2 x 64 with the "
-                           "full Hessian")
+                      help="paper: 3 x 128 MLP with exact Gauss-Newton curvature; narrow: 2 x 32 with the full "
+                           "Hessian, negative eigenvalues clipped")
     demo.add_argument("--subsets", type=int, default=100, help="random half subsets M (default 100)")
     demo.add_argument("--seeds", type=int, default=5, help="retraining seeds R per subset (default 5)")
     demo.add_argument("--epochs", type=int, default=20, help="training epochs (default 20, the paper's)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-VERSION = 1  # bump when the meaning of cached values changes
+VERSION = 2  # bump when the meaning of cached values changes
 
 
 def default_dir() -> Path:

@@ -120,18 +120,22 @@ def batch_coefficients(batch: Tensor, weights: Tensor) -> Tensor:
     return picked / valid.sum(-1, keepdim=True)
 
 
-def make_update(model: FlatModel, task: Task, recipe: Recipe):
-    """The pure SGD step (theta, buf, x_b, y_b, c_b, lr) -> (theta', buf', batch loss).
+def make_batch_gradient(model: FlatModel, task: Task):
+    """(theta, x_b, y_b, c_b) -> (gradient of the batch loss sum_j c_j L(z_j, theta), that loss).
 
-    c_b [B] are the batch coefficients w_i/|B_k|; lr is a 0-d tensor.
-    """
+    c_b [B] are the batch coefficients w_i/|B_k| (weight decay is not included)."""
     def batch_loss(theta, xb, yb, cb):
         return (cb * task.loss(model(theta, xb), yb)).sum()
 
-    grad_loss = grad_and_value(batch_loss)
+    return grad_and_value(batch_loss)
+
+
+def make_update(model: FlatModel, task: Task, recipe: Recipe):
+    """The pure SGD step (theta, buf, x_b, y_b, c_b, lr) -> (theta', buf', batch loss); lr is 0-d."""
+    batch_gradient = make_batch_gradient(model, task)
 
     def update(theta, buf, xb, yb, cb, lr):
-        g, loss = grad_loss(theta, xb, yb, cb)
+        g, loss = batch_gradient(theta, xb, yb, cb)
         buf = recipe.momentum * buf + g + recipe.weight_decay * theta
         return theta - lr * buf, buf, loss
 
@@ -239,14 +243,23 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
     if inits.shape[0] != m or weights.shape != (m, len(data)):
         raise ValueError(f"inits {tuple(inits.shape)}, batches {tuple(batches.shape)} and weights "
                          f"{tuple(weights.shape)} must agree on the number of models and points")
-    lrs = learning_rates(recipe.schedule, recipe.lr, steps, recipe.warmup).to(inits.device, inits.dtype)
-    step = vmap(make_update(flat, task, recipe), in_dims=(0, 0, 0, 0, 0, None))
+    lrs = learning_rates(recipe.schedule, recipe.lr, steps, recipe.warmup).tolist()
+    batch_gradients = vmap(make_batch_gradient(flat, task))
     theta, buf = inits.clone(), torch.zeros_like(inits)
     for k in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         idx = batches[:, k].to(inits.device)
-        theta, buf, loss = step(theta, buf, data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)],
-                                batch_coefficients(idx, weights), lrs[k])
+        g, loss = batch_gradients(theta, data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)],
+                                  batch_coefficients(idx, weights))
+        # the same update as make_update, in place: M x P tensors are large, fresh ones cost page faults
+        buf.mul_(recipe.momentum).add_(g).add_(theta, alpha=recipe.weight_decay)
+        theta.sub_(buf, alpha=lrs[k])
         if not torch.isfinite(loss).all():
             bad = int((~torch.isfinite(loss)).nonzero()[0])
             raise _diverged(k, recipe, max(steps // recipe.epochs, 1), float(loss[bad]), f" (model {bad})")
     return theta
+
+
+def models_per_chunk(num_params: int, dtype: torch.dtype, budget_bytes: int = 24 * 2**20) -> int:
+    """How many models to train together: keeps each stacked [M, P] tensor under ~24 MiB, where
+    CPU allocators still reuse memory instead of mapping fresh pages on every step."""
+    return max(1, min(256, budget_bytes // (num_params * torch.finfo(dtype).bits // 8)))

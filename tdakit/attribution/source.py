@@ -86,7 +86,10 @@ def source_scores(run: Run, query: Split, segments: int | Sequence[int] = 3, cur
             thetas = thetas.mean(0, keepdim=True)
         eta = float(rates[seg.start:seg.stop].mean())
         H = curv.fit(curvature, run.model, run.task, thetas, data, run.recipe.weight_decay)
-        gbar = sum(loss_grads(run.model, run.task, th, data) for th in thetas) / len(thetas)
+        gbar = loss_grads(run.model, run.task, thetas[0], data)
+        for th in thetas[1:]:
+            gbar += loss_grads(run.model, run.task, th, data)
+        gbar /= len(thetas)
         u = H.apply(curv.functions.learn(eta, seg.steps, form), v)
         scores += (u @ gbar.T).double()
         v = H.apply(curv.functions.forget(eta, seg.steps, form), v)

@@ -73,9 +73,14 @@ def ggn_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split, wei
     """
     thetas = thetas.reshape(-1, thetas.shape[-1])
     n, C = len(data), len(thetas)
-    A = torch.cat([output_jacobians(model, task, th, data).flatten(0, 1) for th in thetas])
-    A = A / (n * C) ** 0.5  # G - wd I = A^T A
-    rows, P = A.shape
+    first = output_jacobians(model, task, thetas[0], data).flatten(0, 1)
+    rows, P = len(first) * C, first.shape[1]
+    A = first.new_empty(rows, P)  # filled in place: one copy of the factor, not three
+    A[:len(first)] = first
+    del first
+    for c in range(1, C):
+        A[c * rows // C:(c + 1) * rows // C] = output_jacobians(model, task, thetas[c], data).flatten(0, 1)
+    A.mul_((n * C) ** -0.5)  # G - wd I = A^T A
     gram = torch.zeros(rows, rows, dtype=torch.float64, device=A.device)
     for s in range(0, P, chunk):  # accumulate over parameter blocks: never a float64 copy of A
         block = A[:, s:s + chunk].double()

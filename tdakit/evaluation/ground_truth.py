@@ -72,7 +72,7 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
             theta = retrain(run, masks[[m for m, _ in part]],
                             init_seeds=[seed_of("init", seed, r) for _, r in part],
                             order_seeds=[seed_of("order", seed, m, r) for m, r in part],
-                            chunk=chunk, progress=False)
+                            progress=False)
             return {"values": measurements(run.model, run.task, theta, query.to(device=theta.device)).cpu()}
 
         got = store.cached(cache, "groundtruth", store.key_of(base_key, part), compute)["values"]

@@ -11,12 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..training import Run, batch_order, train_many
+from ..training import Run, batch_order, models_per_chunk, train_many
 
 
-def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int = 256, progress: bool = True,
+def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None = None, progress: bool = True,
             desc: str = "retrain") -> Tensor:
-    """keep: bool [J, N]; init_seeds, order_seeds: J ints. Returns final parameters [J, P]."""
+    """keep: bool [J, N]; init_seeds, order_seeds: J ints. Returns final parameters [J, P].
+
+    chunk: models trained together (default: models_per_chunk)."""
     keep = torch.as_tensor(keep, dtype=torch.bool)
     if keep.dim() != 2 or keep.shape[1] != run.num_train:
         raise ValueError(f"keep must be a bool mask [J, {run.num_train}], got {tuple(keep.shape)}")
@@ -26,6 +28,7 @@ def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int = 256, p
     device = run.final.device
     out = torch.empty(len(keep), run.model.num_params, dtype=run.final.dtype, device=device)
     r = run.recipe
+    chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype)
     for count in counts.unique().tolist():
         rows = (counts == count).nonzero()[:, 0]
         for s in range(0, len(rows), chunk):
@@ -38,9 +41,10 @@ def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int = 256, p
     return out
 
 
-def retrain_reweighted(run: Run, weights: Tensor, chunk: int = 256, progress: bool = True) -> Tensor:
+def retrain_reweighted(run: Run, weights: Tensor, chunk: int | None = None, progress: bool = True) -> Tensor:
     """Rerun the recorded trajectory (same init, batch order, rates) with weights [J, N]: [J, P]."""
     weights = torch.as_tensor(weights, dtype=run.final.dtype, device=run.final.device)
+    chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype)
     out = []
     for s in range(0, len(weights), chunk):
         w = weights[s:s + chunk]
