@@ -2,13 +2,14 @@
 
     python benchmarks/speed.py              # unrolling seconds, vmap vs loop models/s
     python benchmarks/speed.py --demo       # also: wall time and peak memory of `tdakit demo`
+    python benchmarks/speed.py --demo-only  # only that
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,11 +32,31 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def retraining_rates(run, masks, repeats: int, loop_models: int = 8) -> tuple[float, float]:
+    """Models per second retraining on half subsets: one by one with train(), and 256 together."""
+    data, recipe = run.train, run.recipe
+
+    def loop():
+        for m in range(loop_models):
+            subset = data.subset(masks[m].nonzero()[:, 0])
+            tdakit.train(run.model, subset, tdakit.Recipe(**{**recipe.__dict__, "seed": m}), run.task,
+                         checkpoints=0, progress=False)
+
+    def together():
+        retrain(run, masks, init_seeds=range(len(masks)), order_seeds=[seed_of(m) for m in range(len(masks))],
+                progress=False)
+
+    return loop_models / median_seconds(loop, repeats), len(masks) / median_seconds(together, repeats)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--demo", action="store_true")
+    p.add_argument("--demo", action="store_true", help="also time the demo and measure its peak memory")
+    p.add_argument("--demo-only", action="store_true", help="only the demo figures")
     args = p.parse_args()
+    if args.demo_only:
+        return demo_figures()
     data = tdakit.datasets.load("concrete")
     recipe = tdakit.Recipe(lr=3e-2, epochs=20, batch_size=32, momentum=0.9, weight_decay=1e-5)
     run = tdakit.train(tdakit.mlp(8), data.train, recipe, tdakit.Regression(), progress=False)
@@ -50,37 +71,35 @@ def main() -> None:
         print(f"{method} {kw}: {t:.1f} s (median of {args.repeats})")
 
     masks = random_subsets(len(data.train), 256, 0.5, seed=0)
-    loop_models = 8
+    for name, hidden in (("paper MLP 3 x 128", (128, 128, 128)), ("narrow MLP 2 x 32", (32, 32))):
+        model_run = tdakit.train(tdakit.mlp(8, hidden), data.train, recipe, tdakit.Regression(), progress=False)
+        loop_rate, vmap_rate = retraining_rates(model_run, masks, args.repeats)
+        chunk = models_per_chunk(model_run.model.num_params, model_run.final.dtype)
+        print(f"{name}, retraining on half subsets ({recipe.epochs} epochs): plain loop {loop_rate:.2f} models/s, "
+              f"vmap (256 models, chunks of {chunk}) {vmap_rate:.2f} models/s, speed-up {vmap_rate / loop_rate:.1f}x")
 
-    def loop():
-        for m in range(loop_models):
-            subset = data.train.subset(masks[m].nonzero()[:, 0])
-            tdakit.train(run.model, subset, tdakit.Recipe(**{**recipe.__dict__, "seed": m}), run.task,
-                         checkpoints=0, progress=False)
+    if args.demo or args.demo_only:
+        demo_figures()
 
-    def together():
-        retrain(run, masks, init_seeds=range(256), order_seeds=[seed_of(m) for m in range(256)], progress=False)
 
-    chunk = models_per_chunk(run.model.num_params, run.final.dtype)
-    loop_rate = loop_models / median_seconds(loop, args.repeats)
-    vmap_rate = 256 / median_seconds(together, args.repeats)
-    print(f"retraining on half subsets ({recipe.epochs} epochs): plain loop {loop_rate:.2f} models/s, "
-          f"vmap (256 models, in chunks of {chunk}) {vmap_rate:.2f} models/s, speed-up {vmap_rate / loop_rate:.1f}x")
-
-    if args.demo:
-        with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
-            env = {**os.environ, "TDAKIT_CACHE": cache, "MPLBACKEND": "Agg"}
+def demo_figures() -> None:
+    """Wall time (cold and warm cache) and peak resident memory of `tdakit demo`, via GNU time: the
+    child's own high-water mark (getrusage of children would count this parent's pages at fork)."""
+    if not shutil.which("time") and not os.path.exists("/usr/bin/time"):
+        print("tdakit demo: GNU time not found (apt-get install time); skipping the memory figure")
+        return
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out:
+        env = {**os.environ, "TDAKIT_CACHE": cache, "MPLBACKEND": "Agg"}
+        command = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "tdakit.cli", "demo", "--quiet", "--out", out]
+        seconds, peaks = [], []
+        for _ in range(2):  # cold cache, then warm
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "tdakit.cli", "demo", "--quiet", "--out", out], env=env,
-                           check=True, stdout=subprocess.DEVNULL)
-            cold = time.perf_counter() - start
-            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "tdakit.cli", "demo", "--quiet", "--out", out], env=env,
-                           check=True, stdout=subprocess.DEVNULL)
-            warm = time.perf_counter() - start
-        print(f"tdakit demo: {cold:.0f} s cold cache, {warm:.0f} s with the cache; peak memory {peak:.2f} GiB")
-
+            done = subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+            seconds.append(time.perf_counter() - start)
+            peaks.append(int(done.stderr.strip().splitlines()[-1]) / 2**20)
+    print(f"tdakit demo: {seconds[0]:.0f} s cold cache, {seconds[1]:.0f} s with the cache; "
+          f"peak memory {max(peaks):.2f} GiB")
 
 if __name__ == "__main__":
     main()
