@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.func import grad, vjp, vmap
+from torch.func import vjp, vmap
 from tqdm.auto import tqdm
 
 from .datasets import Split
 from .grads import measurement_grads
-from .training import Run, batch_coefficients, make_update
+from .training import Run, batch_coefficients, make_batch_gradient, make_update
 
 
 def replay(run: Run, dtype: torch.dtype | None = None, weights: Tensor | None = None) -> Tensor:
@@ -49,8 +49,7 @@ def unrolled_scores(run: Run, query: Split, dtype: torch.dtype | None = None, ch
     thetas = replay(run, dtype)
     v_final = measurement_grads(model, task, thetas[-1], query)  # [Q, P]
 
-    def batch_gradient(theta, xb, yb, cb):
-        return grad(lambda th: (cb * task.loss(model(th, xb), yb)).sum())(theta)
+    batch_gradient = make_batch_gradient(model, task)  # (gradient, loss): the loss rides along as aux
 
     scores = torch.zeros(len(query), len(data), dtype=dtype, device=v_final.device)
     for start in range(0, len(query), chunk):
@@ -65,7 +64,8 @@ def unrolled_scores(run: Run, query: Split, dtype: torch.dtype | None = None, ch
             # theta' = theta - eta buf',  buf' = beta buf + g(theta, c) + wd theta
             lam_bufnew = lam_buf - run.lrs[k].to(dtype) * lam_theta
             xb, yb = data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)]
-            _, pullback = vjp(lambda th, c, xb=xb, yb=yb: batch_gradient(th, xb, yb, c), thetas[k], cb)
+            _, pullback, _ = vjp(lambda th, c, xb=xb, yb=yb: batch_gradient(th, xb, yb, c), thetas[k], cb,
+                                 has_aux=True)
             hvp, dc = vmap(pullback)(lam_bufnew)
             lam_theta = lam_theta + hvp + recipe.weight_decay * lam_bufnew
             lam_buf = recipe.momentum * lam_bufnew

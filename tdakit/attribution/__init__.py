@@ -8,6 +8,7 @@ as delta f_q ~= -sum_{i in S} score[q, i].
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Callable
@@ -36,15 +37,11 @@ class Scores:
         return tuple(self.values.shape)
 
 
-def _fast_source(run: Run, query: Split, **kwargs) -> Tensor:
-    return source_scores(run, query, fast=True, **kwargs)
-
-
 METHODS: dict[str, Callable[..., Tensor]] = {
     "unrolled": unrolled_scores,
     "influence": influence_scores,
     "source": source_scores,
-    "fast_source": _fast_source,
+    "fast_source": functools.partial(source_scores, fast=True),
 }
 
 
@@ -56,10 +53,8 @@ def attribute(run: Run, query: Split, method: str = "source", progress: bool = F
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     fn = METHODS[method]
-    accepted = [name for name in inspect.signature(fn).parameters if name not in ("run", "query", "kwargs")]
-    if method == "fast_source":
-        accepted = [name for name in inspect.signature(source_scores).parameters
-                    if name not in ("run", "query", "fast")]
+    fixed = getattr(fn, "keywords", {})  # settings a partial already pins (fast=True)
+    accepted = [name for name in inspect.signature(fn).parameters if name not in ("run", "query", *fixed)]
     unknown = sorted(set(settings) - set(accepted))
     if unknown:
         raise ValueError(f"{method} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}")

@@ -35,11 +35,6 @@ class EigenCurvature:
     def rank(self) -> int:
         return self.eigenvectors.shape[1]
 
-    def spectrum(self) -> Tensor:
-        """All P eigenvalues (the complement repeated), descending: [P]."""
-        rest = self.eigenvalues.new_full((self.num_params - self.rank,), self.floor)
-        return torch.cat([self.eigenvalues, rest]).sort(descending=True).values
-
     def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
         """fn(M) v for v [..., P] (computed in the eigenvectors' dtype, returned in v's)."""
         V = self.eigenvectors
@@ -81,10 +76,6 @@ class SampleSpaceCurvature:
     @property
     def rank(self) -> int:
         return len(self.gram_values)
-
-    def spectrum(self) -> Tensor:
-        rest = self.eigenvalues.new_full((self.num_params - self.rank,), self.floor)
-        return torch.cat([self.eigenvalues, rest]).sort(descending=True).values
 
     def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
         """fn(M) v for v [..., P] = fn(floor) v + V (fn(sigma + floor) - fn(floor)) V^T v."""
