@@ -68,3 +68,25 @@ def output_jacobians(model: FlatModel, task: Task, theta: Tensor, data: Split, c
         return root @ j
 
     return _chunked(factors, len(data), chunk)
+
+
+def rows_per_chunk(num_params: int, budget_elements: int = 2**26) -> int:
+    """How many per-example gradients [rows, P] to hold at once (~256 MiB in float32)."""
+    return max(1, min(512, budget_elements // num_params))
+
+
+def gradient_products(model: FlatModel, task: Task, thetas: Tensor, data: Split, u: Tensor,
+                      chunk: int | None = None) -> Tensor:
+    """u @ gbar(i) for every example: [Q, n] float64, with u [Q, P] and gbar(i) the mean over thetas
+    [C, P] (or one theta [P]) of grad L(z_i, theta). Per-example gradients are made chunk by chunk and
+    never held for the whole dataset, so memory stays at chunk x P."""
+    thetas = thetas.reshape(-1, thetas.shape[-1])
+    chunk = chunk or rows_per_chunk(thetas.shape[-1])
+    data = data.to(thetas.dtype, thetas.device)
+    u = u.to(thetas.dtype)
+    out = torch.zeros(len(u), len(data), dtype=torch.float64, device=u.device)
+    for theta in thetas:
+        for s in range(0, len(data), chunk):
+            part = data.subset(slice(s, s + chunk))
+            out[:, s:s + chunk] += (u @ loss_grads(model, task, theta, part, chunk=chunk).T).double()
+    return out / len(thetas)

@@ -35,6 +35,12 @@ class Task:
     def measurement(self, outputs: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def sample_targets(self, outputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Targets drawn from the model's own predictive distribution (the one whose negative log
+        likelihood the loss is): what the true Fisher uses. outputs [n, o] -> targets [n]."""
+        raise NotImplementedError(f"{type(self).__name__} cannot sample targets; use the empirical Fisher "
+                                  "or the exact Gauss-Newton (fisher='empirical' or 'ggn')")
+
     def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
         """Raise a clear error when targets do not fit the outputs."""
         if outputs.shape[0] != targets.shape[0]:
@@ -60,6 +66,11 @@ class Regression(Task):
         if self.measure == "loss":
             return self.loss(outputs, targets)
         return (outputs[..., 0] - targets).abs()
+
+    def sample_targets(self, outputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """(g - y)^2 is the negative log likelihood of y ~ Normal(g, 1/2), up to a constant."""
+        noise = torch.randn(outputs.shape[0], generator=generator, dtype=outputs.dtype).to(outputs.device)
+        return outputs[..., 0].detach() + 0.5 ** 0.5 * noise
 
     def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
         super().check_targets(outputs, targets)
@@ -92,6 +103,11 @@ class Classification(Task):
         correct = _pick(outputs, targets)
         others = outputs.masked_fill(_one_hot_like(outputs, targets), float("-inf"))
         return correct - torch.logsumexp(others, -1)
+
+    def sample_targets(self, outputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A class drawn from softmax(outputs) for every example."""
+        probs = torch.softmax(outputs.detach().double(), -1).cpu()
+        return torch.multinomial(probs, 1, generator=generator)[:, 0].to(outputs.device)
 
     def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
         super().check_targets(outputs, targets)

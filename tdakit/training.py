@@ -13,6 +13,7 @@ together with torch.func.vmap over stacked parameters, each with its own init, b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -229,11 +230,12 @@ def _trajectory(model: FlatModel, data: Split, recipe: Recipe, task: Task, theta
 
 def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task, inits: Tensor,
                batches: Tensor, weights: Tensor | None = None, progress: bool = True,
-               desc: str = "train many") -> Tensor:
+               desc: str = "train many", checkpoint_steps: Tensor | None = None):
     """Train M models together with vmap; returns final parameters [M, P].
 
     inits [M, P]; batches [M, T, B] (each model's batch order, -1 padding, all with the same T);
-    weights [M, N] (default ones). Learning rates follow ``recipe`` for T steps.
+    weights [M, N] (default ones). Learning rates follow ``recipe`` for T steps. With
+    ``checkpoint_steps`` [C] it returns (final [M, P], checkpoints [M, C, P], batch losses [M, T]).
     """
     flat = _as_flat(model)
     data = data.to(inits.dtype, inits.device)
@@ -246,7 +248,11 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
     lrs = learning_rates(recipe.schedule, recipe.lr, steps, recipe.warmup).tolist()
     batch_gradients = vmap(make_batch_gradient(flat, task))
     theta, buf = inits.clone(), torch.zeros_like(inits)
+    wanted = [] if checkpoint_steps is None else [int(c) for c in checkpoint_steps]
+    saved, losses = {}, torch.empty(m, steps, dtype=torch.float64)
     for k in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        if k in wanted:
+            saved[k] = theta.clone()
         idx = batches[:, k].to(inits.device)
         g, loss = batch_gradients(theta, data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)],
                                   batch_coefficients(idx, weights))
@@ -256,7 +262,40 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
         if not torch.isfinite(loss).all():
             bad = int((~torch.isfinite(loss)).nonzero()[0])
             raise _diverged(k, recipe, max(steps // recipe.epochs, 1), float(loss[bad]), f" (model {bad})")
-    return theta
+        losses[:, k] = loss.detach().double().cpu()
+    if checkpoint_steps is None:
+        return theta
+    saved[steps] = theta
+    ckpts = torch.stack([saved[c] for c in wanted], 1) if wanted else theta.new_zeros(m, 0, theta.shape[1])
+    return theta, ckpts, losses
+
+
+def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task, seeds: Sequence[int],
+                   checkpoints: int | Sequence[int] = 6, dtype: torch.dtype = torch.float32,
+                   progress: bool = True) -> list[Run]:
+    """Independently trained runs, one per seed (its init and batch order, as ``train`` with
+    ``Recipe(seed=s)`` would make them), trained together with vmap: list of ``Run``."""
+    flat = _as_flat(model)
+    data = data.to(dtype)
+    n, device = len(data), data.x.device
+    lrs = recipe.learning_rates(n)
+    steps = _checkpoint_steps(checkpoints, len(lrs))
+    recipes = [dataclasses.replace(recipe, seed=int(s)) for s in seeds]
+    inits = torch.stack([flat.init(r.seed, dtype) for r in recipes]).to(device)
+    _check_data(data, flat, task, inits[0])
+    orders = torch.stack([batch_order(torch.arange(n), r.batch_size, r.epochs, seed_of("order", r.seed))
+                          for r in recipes])
+    weights = torch.ones(n, dtype=dtype, device=device)
+    runs = []
+    chunk = models_per_chunk(flat.num_params, dtype)
+    for s in range(0, len(recipes), chunk):
+        part = slice(s, s + chunk)
+        final, ckpts, losses = train_many(flat, data, recipe, task, inits[part], orders[part], progress=progress,
+                                          desc="train ensemble", checkpoint_steps=steps)
+        for j, r in enumerate(recipes[part]):
+            runs.append(Run(flat, task, r, data, inits[s + j], final[j], ckpts[j], steps, lrs, orders[s + j],
+                            weights, losses[j]))
+    return runs
 
 
 def models_per_chunk(num_params: int, dtype: torch.dtype, budget_bytes: int = 24 * 2**20) -> int:

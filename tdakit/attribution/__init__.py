@@ -20,7 +20,10 @@ from ..datasets import Split
 from ..training import Run
 from ..unroll import unrolled_scores
 from .influence import implied_damping, influence_scores
+from .similarity import grad_cos_scores, grad_dot_scores, representation_scores
 from .source import Segment, segments_of, source_scores
+from .tracin import tracin_scores
+from .trak import trak_scores
 
 
 @dataclass
@@ -42,6 +45,11 @@ METHODS: dict[str, Callable[..., Tensor]] = {
     "influence": influence_scores,
     "source": source_scores,
     "fast_source": functools.partial(source_scores, fast=True),
+    "tracin": tracin_scores,
+    "trak": trak_scores,
+    "grad_dot": grad_dot_scores,
+    "grad_cos": grad_cos_scores,
+    "representation": representation_scores,
 }
 
 
@@ -65,5 +73,8 @@ def attribute(run: Run, query: Split, method: str = "source", progress: bool = F
     return Scores(values, method, time.perf_counter() - start, settings)
 
 
-__all__ = ["Scores", "attribute", "METHODS", "unrolled_scores", "influence_scores", "source_scores",
+from .ensemble import ensemble  # noqa: E402  (uses Scores and attribute defined above)
+
+__all__ = ["Scores", "attribute", "ensemble", "METHODS", "unrolled_scores", "influence_scores", "source_scores",
+           "tracin_scores", "trak_scores", "grad_dot_scores", "grad_cos_scores", "representation_scores",
            "implied_damping", "segments_of", "Segment"]

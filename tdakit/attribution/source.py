@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .. import curvature as curv
 from ..datasets import Split
-from ..grads import loss_grads, measurement_grads
+from ..grads import gradient_products, measurement_grads
 from ..training import Run
 
 
@@ -71,7 +71,7 @@ def segments_of(run: Run, segments: int | Sequence[int]) -> list[Segment]:
     return out
 
 
-def source_scores(run: Run, query: Split, segments: int | Sequence[int] = 3, curvature: str = "ggn",
+def source_scores(run: Run, query: Split, segments: int | Sequence[int] = 3, curvature: str | curv.Kronecker = "ggn",
                   form: str = "exp", fast: bool = False, progress: bool = False) -> Tensor:
     """SOURCE scores [Q, N] from the run's checkpoints (see the module docstring)."""
     parts = segments_of(run, segments)
@@ -86,11 +86,7 @@ def source_scores(run: Run, query: Split, segments: int | Sequence[int] = 3, cur
             thetas = thetas.mean(0, keepdim=True)
         eta = float(rates[seg.start:seg.stop].mean())
         H = curv.fit(curvature, run.model, run.task, thetas, data, run.recipe.weight_decay)
-        gbar = loss_grads(run.model, run.task, thetas[0], data)
-        for th in thetas[1:]:
-            gbar += loss_grads(run.model, run.task, th, data)
-        gbar /= len(thetas)
         u = H.apply(curv.functions.learn(eta, seg.steps, form), v)
-        scores += (u @ gbar.T).double()
+        scores += gradient_products(run.model, run.task, thetas, data, u)  # u . gbar_l(i)
         v = H.apply(curv.functions.forget(eta, seg.steps, form), v)
     return (-scores / run.num_train).to(dtype)

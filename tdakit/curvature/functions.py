@@ -50,3 +50,21 @@ def learn(eta: float, steps: float, form: str = "exp"):
             value = torch.where(stable, p_log, 1.0 - torch.pow(base, steps)) / safe
         return torch.where(tiny, torch.full_like(s, eta * steps), value)
     return fn
+
+
+class relative_inverse:  # noqa: N801  (used like the function factories above)
+    """1 / (s + relative * mean(s)), the mean taken per layer for Kronecker curvature (``for_layer``):
+    kronfluence's default damping heuristic."""
+
+    def __init__(self, relative: float = 0.1):
+        self.relative = relative
+
+    def for_layer(self, eigenvalues: Tensor):
+        return inverse(self.relative * float(eigenvalues.mean()))
+
+
+def mean_eigenvalue(curvature) -> Tensor:
+    """trace / P of a curvature backend (the floor counts for directions outside a low-rank part)."""
+    values = curvature.eigenvalues
+    missing = curvature.num_params - values.numel()
+    return (values.sum() + missing * curvature.floor) / curvature.num_params

@@ -4,19 +4,27 @@
 features and target with training statistics, and returns a seeded 896 train / 103 query split (the
 remaining 31 rows are kept as ``test``). Targets stay standardized for training; ``scaler`` maps
 predictions and measurements back to MPa.
+
+``load("mnist5k")`` reads the embedded class-balanced 5000-image MNIST subset: a seeded, class-stratified
+4000 train / 100 query split (the other 900 images are ``test``), pixels scaled to [0, 1] and
+standardized with the training mean and std, images flattened to 784 features (``flatten=False`` keeps
+[n, 1, 28, 28] for convolutional models). ``mnist_folder(root)`` reads the full MNIST from a local folder
+in torchvision's layout (``root/MNIST/raw/*-ubyte[.gz]``) and never downloads unless asked.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Split", "Dataset", "Scaler", "load", "available"]
+__all__ = ["Split", "Dataset", "Scaler", "load", "available", "mnist_folder", "mnist_arrays"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,102 @@ def _concrete(seed: int, n_train: int = 896, n_query: int = 103) -> Dataset:
                    Scaler(float(t_mu), float(t_sd), "MPa"), tuple(header[:-1]))
 
 
-_LOADERS = {"concrete": _concrete}
+def _stratified(labels: np.ndarray, sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:
+    """Split indices into len(sizes) disjoint parts (the rest is the last part), each class spread
+    evenly over the parts; seeded."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    order = order[np.argsort(labels[order], kind="stable")]  # grouped by class, shuffled within
+    rank = np.empty(len(labels))
+    for c in np.unique(labels):  # position within its class, as a fraction: interleaves the classes
+        members = order[labels[order] == c]
+        rank[members] = (np.arange(len(members)) + rng.random()) / len(members)
+    interleaved = np.argsort(rank, kind="stable")
+    bounds = np.cumsum((0, *sizes))
+    parts = [np.sort(interleaved[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [*parts, np.sort(interleaved[bounds[-1]:])]
+
+
+def _images_dataset(name: str, images: np.ndarray, labels: np.ndarray, parts: list[np.ndarray],
+                    flatten: bool) -> Dataset:
+    """uint8 images [n, H, W] -> standardized float32 features; labels -> int64."""
+    train_pixels = images[parts[0]].astype(np.float64) / 255.0
+    mu, sd = float(train_pixels.mean()), float(train_pixels.std())
+
+    def split(rows) -> Split:
+        x = torch.tensor((images[rows].astype(np.float32) / 255.0 - mu) / sd, dtype=torch.float32)
+        x = x.reshape(len(rows), -1) if flatten else x[:, None]
+        return Split(x, torch.tensor(labels[rows], dtype=torch.int64))
+
+    return Dataset(name, "classification", split(parts[0]), split(parts[1]), split(parts[2]))
+
+
+def _mnist5k(seed: int, n_train: int = 4000, n_query: int = 100, flatten: bool = True) -> Dataset:
+    path = resources.files("tdakit.datasets") / "data" / "mnist5k.npz"
+    with path.open("rb") as f:
+        arrays = np.load(f)
+        images, labels = arrays["images"], arrays["labels"].astype(np.int64)
+    if n_train + n_query > len(labels):
+        raise ValueError(f"mnist5k has {len(labels)} images; n_train + n_query = {n_train + n_query}")
+    return _images_dataset("mnist5k", images, labels, _stratified(labels, (n_train, n_query), seed), flatten)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\0\0" or data[2] != 8:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * d:8 + 4 * d], "big") for d in range(dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def mnist_arrays(root: str | Path, train: bool = True, download: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Full MNIST from a local folder in torchvision's layout: images uint8 [n, 28, 28], labels [n].
+
+    Looks for ``root/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (or ``.gz``). With
+    ``download=True`` and no files there, asks torchvision to download (needs it installed and a
+    network); by default nothing is ever downloaded.
+    """
+    raw = Path(root).expanduser() / "MNIST" / "raw"
+    prefix = "train" if train else "t10k"
+
+    def find(stem: str) -> Path | None:
+        return next((p for p in (raw / stem, raw / f"{stem}.gz") if p.exists()), None)
+
+    stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    if download and any(find(s) is None for s in stems):
+        try:
+            from torchvision.datasets import MNIST
+        except ImportError as e:
+            raise ImportError("download=True needs torchvision (pip install torchvision)") from e
+        MNIST(str(Path(root).expanduser()), train=train, download=True)
+    found = [find(s) for s in stems]
+    if None in found:
+        missing = [s for s, p in zip(stems, found, strict=True) if p is None]
+        raise FileNotFoundError(
+            f"MNIST files {missing} not found under {raw}; put torchvision's MNIST there (e.g. "
+            f"torchvision.datasets.MNIST({str(root)!r}, download=True) on a machine that is online) or "
+            "call with download=True")
+    images, labels = _read_idx(found[0]), _read_idx(found[1]).astype(np.int64)
+    if images.ndim != 3 or len(images) != len(labels):
+        raise ValueError(f"MNIST files under {raw} disagree: images {images.shape}, labels {labels.shape}")
+    return images, labels
+
+
+def mnist_folder(root: str | Path, seed: int = 0, n_train: int = 6144, n_query: int = 100,
+                 flatten: bool = True, download: bool = False) -> Dataset:
+    """A seeded split of the full MNIST training set read from ``root`` (see ``mnist_arrays``):
+    n_train train / n_query query / the rest as test, standardized like ``load("mnist5k")``."""
+    images, labels = mnist_arrays(root, train=True, download=download)
+    if n_train + n_query > len(labels):
+        raise ValueError(f"MNIST under {root} has {len(labels)} images; n_train + n_query = {n_train + n_query}")
+    return _images_dataset("mnist", images, labels, _stratified(labels, (n_train, n_query), seed), flatten)
+
+
+_LOADERS = {"concrete": _concrete, "mnist5k": _mnist5k}
 
 
 def available() -> list[str]:

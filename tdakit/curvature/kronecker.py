@@ -1,0 +1,289 @@
+"""K-FAC and EK-FAC curvature for nn.Linear and nn.Conv2d layers (DESIGN.md section 3).
+
+Each supported layer's parameters form one matrix W [out, in (+1 bias column)]. A training example's
+gradient of that matrix is G = sum_t d_t a_t^T over the layer's positions t (one for Linear, one per
+output pixel for Conv2d): a_t the layer input (for Conv2d an unfolded patch, plus a 1 for the bias),
+d_t the gradient of the loss with respect to the layer's pre-activation output. The curvature of the
+mean training loss (plus weight decay) is approximated layer by layer (block diagonal) by
+
+    K-FAC:   A (x) S,   A = E[mean_t a_t a_t^T],  S = E[sum_t d_t d_t^T]
+    EK-FAC:  (Q_S (x) Q_A) diag(Lambda) (Q_S (x) Q_A)^T,  Lambda = E[(Q_S^T G Q_A)^2]
+
+with Q_A, Q_S the eigenvectors of A and S. EK-FAC keeps K-FAC's eigenbasis and replaces its eigenvalues
+by the exact diagonal of the curvature in that basis. Weight decay adds ``floor`` to every eigenvalue.
+
+Which curvature: ``fisher="ggn"`` uses, for every example, the columns r_k of Lambda^{1/2} (the square
+root of the loss Hessian in the outputs) as output gradients, so that sum_k G_k G_k^T is exactly the
+example's Gauss-Newton matrix (equal to the true Fisher's expectation, no sampling; o backward passes);
+``"true"`` draws one target per example from the model (seeded); ``"empirical"`` uses the observed ones.
+
+Memory: the factors A [in, in], S [out, out], their eigenvectors and Lambda [out, in] per layer
+(``nbytes``); data is streamed in chunks of ``chunk`` examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from tqdm.auto import tqdm
+
+from ..datasets import Split
+from ..models import FlatModel
+from ..task import Task
+from .base import EigenFunction
+
+FISHERS = ("ggn", "true", "empirical")
+SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+@dataclass(frozen=True)
+class LayerSlot:
+    """Where a supported layer's parameters sit in the flat theta, and how to read its inputs."""
+
+    name: str
+    module: nn.Module = field(repr=False, compare=False)
+    weight: slice
+    bias: slice | None
+    out_dim: int
+    in_dim: int  # columns of the layer matrix, the bias column included
+
+    def matrix(self, v: Tensor) -> Tensor:
+        """v [..., P] -> this layer's block as a matrix [..., out, in]."""
+        w = v[..., self.weight].reshape(*v.shape[:-1], self.out_dim, -1)
+        if self.bias is None:
+            return w
+        return torch.cat([w, v[..., self.bias, None]], -1)
+
+    def scatter(self, m: Tensor, out: Tensor) -> None:
+        """Write a matrix [..., out, in] back into the flat out [..., P]."""
+        cols = self.in_dim - (self.bias is not None)
+        out[..., self.weight] = m[..., :cols].reshape(*m.shape[:-2], -1)
+        if self.bias is not None:
+            out[..., self.bias] = m[..., cols]
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """The layer's input -> a [n, T, in] (patches for Conv2d, a ones column for the bias)."""
+        if isinstance(self.module, nn.Conv2d):
+            c = self.module
+            x = F.unfold(x, c.kernel_size, dilation=c.dilation, padding=c.padding, stride=c.stride).transpose(1, 2)
+        else:
+            x = x.reshape(x.shape[0], -1, x.shape[-1])
+        if self.bias is not None:
+            x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1)
+        return x
+
+    def output_grads(self, d: Tensor) -> Tensor:
+        """Gradient w.r.t. the layer output -> d [n, T, out]."""
+        if isinstance(self.module, nn.Conv2d):
+            return d.flatten(2).transpose(1, 2)
+        return d.reshape(d.shape[0], -1, d.shape[-1])
+
+
+def kronecker_layers(model: FlatModel, exclude: Sequence[str] = ()) -> tuple[list[LayerSlot], list[slice]]:
+    """The supported layers of ``model`` and the flat slices of the excluded ones.
+
+    Raises a ValueError naming any layer with parameters that is neither supported nor excluded.
+    """
+    offsets, start = {}, 0
+    for name, size in zip(model.names, model.sizes, strict=True):
+        offsets[name] = slice(start, start + size)
+        start += size
+    exclude = set(exclude)
+    unknown = exclude - {name for name, _ in model._template.named_modules()}
+    if unknown:
+        raise ValueError(f"exclude names {sorted(unknown)} that are not layers of the model; layer names: "
+                         f"{[n for n, m in model._template.named_modules() if list(m.parameters(recurse=False))]}")
+    slots, excluded = [], []
+    for name, module in model._template.named_modules():
+        own = [p for p, _ in module.named_parameters(recurse=False)]
+        if not own:
+            continue
+        full = {p: offsets[f"{name}.{p}" if name else p] for p in own}
+        if name in exclude:
+            excluded += list(full.values())
+            continue
+        label = name or "the model itself"
+        if not isinstance(module, SUPPORTED):
+            raise ValueError(
+                f"layer {label!r} ({type(module).__name__}) has parameters but no Kronecker-factored form; "
+                f"K-FAC/EK-FAC support nn.Linear and nn.Conv2d. Pass exclude=[{name!r}] to leave its "
+                "parameters out of the attribution (their scores contributions become 0)")
+        if isinstance(module, nn.Conv2d) and (module.groups != 1 or isinstance(module.padding, str)
+                                              or module.padding_mode != "zeros"):
+            raise ValueError(f"layer {label!r}: K-FAC supports Conv2d with groups=1, numeric padding and "
+                             "padding_mode='zeros'; exclude it or use an equivalent layer")
+        out_dim = module.weight.shape[0]
+        in_dim = module.weight[0].numel() + (module.bias is not None)
+        slots.append(LayerSlot(name, module, full["weight"], full.get("bias"), out_dim, in_dim))
+    if not slots:
+        raise ValueError("the model has no nn.Linear or nn.Conv2d layer left to factor")
+    return slots, excluded
+
+
+def _taps(model: FlatModel, slots: list[LayerSlot], theta: Tensor, x: Tensor):
+    """Forward pass that records every slot's input a [n, T, in] and keeps its output for autograd."""
+    records: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def hook(slot):
+        return lambda _module, inputs, output: records.__setitem__(slot.name, (inputs[0].detach(), output))
+
+    module = model._template
+    handles = [module.get_submodule(s.name).register_forward_hook(hook(s)) for s in slots]
+    try:
+        with torch.enable_grad():
+            theta = theta.detach().requires_grad_(True)
+            outputs = functional_call(module, model.unflatten(theta), (x,))
+    finally:
+        for h in handles:
+            h.remove()
+    inputs = [slots[i].inputs(records[s.name][0]) for i, s in enumerate(slots)]
+    layer_outputs = [records[s.name][1] for s in slots]
+    return outputs, inputs, layer_outputs
+
+
+def _output_directions(task: Task, outputs: Tensor, targets: Tensor, fisher: str,
+                       generator: torch.Generator) -> list[Tensor]:
+    """Per-example vectors r [n, o] to backpropagate; sum_k r_k r_k^T is the loss curvature in the outputs
+    (ggn), or r is the loss gradient with sampled (true) or observed (empirical) targets."""
+    g = outputs.detach()
+    if fisher == "ggn":
+        lam = vmap(torch.func.hessian(lambda o, y: task.loss(o[None], y[None])[0]))(g, targets)
+        evals, evecs = torch.linalg.eigh(lam)
+        root = evecs @ torch.diag_embed(evals.clamp(min=0).sqrt()) @ evecs.transpose(-1, -2)
+        return [root[:, :, k] for k in range(root.shape[-1])]
+    if fisher == "true":
+        targets = task.sample_targets(g, generator)
+    with torch.enable_grad():
+        g = g.clone().requires_grad_(True)
+        (direction,) = torch.autograd.grad(task.loss(g, targets).sum(), g)
+    return [direction]
+
+
+def layer_gradient_factors(model: FlatModel, task: Task, theta: Tensor, data: Split, fisher: str = "empirical",
+                           slots: list[LayerSlot] | None = None, generator: torch.Generator | None = None):
+    """For one chunk of data: per slot, inputs a [n, T, in] and, per output direction k, output
+    gradients d [K, n, T, out]. With fisher="empirical", G_i = sum_t d[0, i, t] a[i, t]^T is example
+    i's gradient of the layer matrix (per-example gradients from hooks)."""
+    slots = slots if slots is not None else kronecker_layers(model)[0]
+    outputs, inputs, layer_outputs = _taps(model, slots, theta, data.x)
+    directions = _output_directions(task, outputs, data.y, fisher, generator)
+    grads = [[] for _ in slots]
+    for k, r in enumerate(directions):
+        got = torch.autograd.grad(outputs, layer_outputs, grad_outputs=r.to(outputs.dtype),
+                                  retain_graph=k < len(directions) - 1)
+        for i, (slot, d) in enumerate(zip(slots, got, strict=True)):
+            grads[i].append(slot.output_grads(d))
+    return inputs, [torch.stack(g) for g in grads]
+
+
+@dataclass
+class KroneckerLayer:
+    """One layer's factors: eigenvectors of A [in, in] and S [out, out] and eigenvalues [out, in]
+    (EK-FAC: corrected; K-FAC: products of the factors' eigenvalues), without weight decay."""
+
+    slot: LayerSlot
+    A_vectors: Tensor
+    S_vectors: Tensor
+    eigenvalues: Tensor
+
+
+@dataclass
+class KroneckerCurvature:
+    """Block-diagonal curvature over the supported layers; eigenvalues of each block are the layer's
+    ``eigenvalues + floor``. Parameters of excluded layers get fn(M) v = 0 (left out of attribution)."""
+
+    layers: list[KroneckerLayer]
+    num_params: int
+    floor: float = 0.0
+    excluded: list[slice] = field(default_factory=list)
+
+    @property
+    def eigenvalues(self) -> Tensor:
+        """All eigenvalues [P - excluded], weight decay included (float64)."""
+        return torch.cat([l.eigenvalues.flatten() for l in self.layers]) + self.floor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for l in self.layers
+                   for t in (l.A_vectors, l.S_vectors, l.eigenvalues))
+
+    def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
+        """fn(M) v for v [..., P], layer by layer: Q_S [fn(Lambda + floor) * (Q_S^T V Q_A)] Q_A^T.
+
+        fn may be a plain function of eigenvalues, or have ``for_layer(eigenvalues) -> function`` for a
+        per-layer choice (e.g. damping relative to the layer's mean eigenvalue)."""
+        out = torch.zeros_like(v)
+        for layer in self.layers:
+            values = layer.eigenvalues + self.floor
+            f = fn.for_layer(values) if hasattr(fn, "for_layer") else fn
+            QA, QS = layer.A_vectors.to(v.dtype), layer.S_vectors.to(v.dtype)
+            rotated = QS.T @ layer.slot.matrix(v) @ QA
+            layer.slot.scatter(QS @ (rotated * f(values).to(v.dtype)) @ QA.T, out)
+        return out
+
+    def dense(self) -> Tensor:
+        """The matrix [P, P] in float64 (small models only)."""
+        eye = torch.eye(self.num_params, dtype=torch.float64, device=self.layers[0].A_vectors.device)
+        return self.apply(lambda s: s, eye)
+
+
+def _symmetric_eigh(m: Tensor) -> tuple[Tensor, Tensor]:
+    values, vectors = torch.linalg.eigh(0.5 * (m + m.T))
+    return values.clamp(min=0), vectors
+
+
+def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
+                        eigen_correction: bool = True, fisher: str = "ggn", exclude: Sequence[str] = (),
+                        chunk: int = 512, seed: int = 0, progress: bool = False) -> KroneckerCurvature:
+    """EK-FAC (eigen_correction=True) or K-FAC curvature averaged over thetas [C, P].
+
+    Factors A and S are averaged over every theta and example, eigendecomposed once (float64), then
+    EK-FAC's eigenvalues are averaged over the same thetas and examples in that fixed basis (SOURCE's
+    segment average). See the module docstring for ``fisher``.
+    """
+    if fisher not in FISHERS:
+        raise ValueError(f"unknown fisher {fisher!r}; choose one of {', '.join(FISHERS)}")
+    slots, excluded = kronecker_layers(model, exclude)
+    thetas = thetas.reshape(-1, thetas.shape[-1])
+    data = data.to(thetas.dtype, thetas.device)
+    n, count = len(data), len(thetas) * len(data)
+    pieces = [(c, s) for c in range(len(thetas)) for s in range(0, n, chunk)]
+
+    def factors(c: int, s: int):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + c * 10_007 + s)
+        return layer_gradient_factors(model, task, thetas[c], data.subset(slice(s, s + chunk)), fisher,
+                                      slots, generator)
+
+    f64 = {"dtype": torch.float64, "device": thetas.device}
+    A = [torch.zeros(sl.in_dim, sl.in_dim, **f64) for sl in slots]
+    S = [torch.zeros(sl.out_dim, sl.out_dim, **f64) for sl in slots]
+    for c, s in tqdm(pieces, desc="K-FAC factors", disable=not progress, leave=False):
+        inputs, grads = factors(c, s)
+        for i, (a, d) in enumerate(zip(inputs, grads, strict=True)):
+            A[i] += torch.einsum("nti,ntj->ij", a, a).double() / a.shape[1]
+            S[i] += torch.einsum("knto,kntp->op", d, d).double()
+    eig_A = [_symmetric_eigh(m / count) for m in A]
+    eig_S = [_symmetric_eigh(m / count) for m in S]
+
+    if not eigen_correction:
+        values = [torch.outer(sv, av) for (sv, _), (av, _) in zip(eig_S, eig_A, strict=True)]
+    else:
+        values = [torch.zeros(sl.out_dim, sl.in_dim, **f64) for sl in slots]
+        for c, s in tqdm(pieces, desc="EK-FAC eigenvalues", disable=not progress, leave=False):
+            inputs, grads = factors(c, s)
+            for i, (a, d) in enumerate(zip(inputs, grads, strict=True)):
+                ar = a @ eig_A[i][1].to(a.dtype)  # [n, T, in] in the eigenbasis
+                dr = d @ eig_S[i][1].to(d.dtype)  # [K, n, T, out]
+                if a.shape[1] == 1:  # one position: G = d a^T is rank one, square the factors
+                    values[i] += ((dr[:, :, 0] ** 2).sum(0).T @ ar[:, 0] ** 2).double()
+                else:
+                    for dk in dr:
+                        values[i] += (torch.einsum("nto,nti->noi", dk, ar) ** 2).sum(0).double()
+        values = [v / count for v in values]
+    layers = [KroneckerLayer(sl, ea[1], es[1], v) for sl, ea, es, v in zip(slots, eig_A, eig_S, values, strict=True)]
+    return KroneckerCurvature(layers, model.num_params, float(weight_decay), excluded)
