@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint lab bench clean
+.PHONY: demo test lint lab bench bench-extra clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/concrete_lds.py --model paper --seeds 100
 	$(BIN)/python benchmarks/concrete_lds.py --model narrow --seeds 100
 	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/lds_table.py --setting concrete --seeds 100
+	$(BIN)/python benchmarks/lds_table.py --setting mnist
+	$(BIN)/python benchmarks/kronfluence_compare.py --setting concrete
+	$(BIN)/python benchmarks/kronfluence_compare.py --setting mnist
+	$(BIN)/python benchmarks/scaling.py
+
+# optional: kronfluence 1.0.1 for the comparison benchmarks (never a runtime dependency of tdakit)
+bench-extra: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps kronfluence==1.0.1
 
 clean:
 	rm -rf $(VENV) tdakit-report

@@ -74,3 +74,48 @@ def eigenvalue_functions(eta: float, steps: int, damping: float | None = None, a
     ax.set_ylabel("gain")
     ax.legend(fontsize=8)
     return ax
+
+
+def top_images(query_image, train_images, scores: dict, higher_is_better: bool = True, k: int = 5,
+               label=None, train_labels=None, axes=None):
+    """For one query: per method (a row), the k most helpful and the k most harmful training images.
+
+    query_image [H, W]; train_images [N, H, W]; scores {method: Tensor [N]} (this query's row).
+    Helpful: up-weighting the point moves the measurement the good way (up for a margin, down for an
+    error); removing it is predicted to hurt the query."""
+    rows = len(scores)
+    if axes is None:
+        _, axes = plt.subplots(rows, 2 * k + 1, figsize=(1.1 * (2 * k + 1), 1.25 * rows), squeeze=False)
+    for r, (method, row) in enumerate(scores.items()):
+        row = torch.as_tensor(row).double()
+        order = row.argsort(descending=higher_is_better)
+        picks = [*order[:k].tolist(), *order.flip(0)[:k].tolist()]
+        axes[r, 0].imshow(query_image, cmap="gray")
+        axes[r, 0].set_title("query" + (f" ({label})" if label is not None else ""), fontsize=7)
+        axes[r, 0].set_ylabel(method, fontsize=7, rotation=0, ha="right", va="center")
+        for c, i in enumerate(picks, start=1):
+            axes[r, c].imshow(train_images[i], cmap="gray")
+            kind = "helpful" if c <= k else "harmful"
+            tag = f"{kind}" + (f" [{int(train_labels[i])}]" if train_labels is not None else "")
+            axes[r, c].set_title(tag, fontsize=6, color="tab:green" if c <= k else "tab:red")
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return axes
+
+
+def agreement(scores: dict, ax=None):
+    """Heatmap of the mean per-query Spearman correlation between every pair of methods' scores."""
+    names = list(scores)
+    m = np.array([[float(spearman(torch.as_tensor(scores[a]).double(), torch.as_tensor(scores[b]).double()).mean())
+                   for b in names] for a in names])
+    ax = ax if ax is not None else plt.subplots(figsize=(0.6 * len(names) + 2, 0.6 * len(names) + 1.5))[1]
+    im = ax.imshow(m, vmin=-1, vmax=1, cmap="RdBu")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    plt.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title("agreement: mean per-query Spearman", fontsize=9)
+    return ax

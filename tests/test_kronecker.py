@@ -240,3 +240,26 @@ def test_ekfac_influence_agrees_with_the_dense_ggn_more_as_damping_grows(narrow_
     source = {c: tdakit.attribute(run, query, "source", segments=3, curvature=c).values.double()
               for c in ("ekfac", "ggn")}
     assert float(spearman(source["ekfac"], source["ggn"]).mean()) > 0.25
+
+
+def test_apply_many_equals_separate_applies_and_source_walks_through_it(narrow_concrete):
+    run, query = narrow_concrete
+    K = curv.fit("ekfac", run.model, run.task, run.checkpoints[:2], run.train, 1e-5)
+    v = torch.randn(4, run.model.num_params)
+    fns = [curv.functions.learn(0.3, 100), curv.functions.forget(0.3, 100)]
+    for got, fn in zip(K.apply_many(fns, v), fns, strict=True):
+        assert torch.allclose(got, K.apply(fn, v))
+    # SOURCE with three segments (apply_many path) equals the walk written out with separate applies
+    parts = tdakit.attribution.segments_of(run, 3)
+    g = tdakit.grads.measurement_grads(run.model, run.task, run.final, query)
+    expected = torch.zeros(len(query), run.num_train, dtype=torch.float64)
+    for seg in parts[::-1]:
+        thetas = run.checkpoints[list(seg.checkpoints)]
+        H = curv.fit("ekfac", run.model, run.task, thetas, run.train, run.recipe.weight_decay)
+        eta = float(run.effective_lrs[seg.start:seg.stop].mean())
+        u = H.apply(curv.functions.learn(eta, seg.steps), g)
+        grads = sum(loss_grads(run.model, run.task, th, run.train) for th in thetas) / len(thetas)
+        expected += (u @ grads.T).double()
+        g = H.apply(curv.functions.forget(eta, seg.steps), g)
+    got = tdakit.attribute(run, query, "source", segments=3, curvature="ekfac").values.double()
+    assert torch.allclose(got, -expected / run.num_train, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))

@@ -86,7 +86,12 @@ def source_scores(run: Run, query: Split, segments: int | Sequence[int] = 3, cur
             thetas = thetas.mean(0, keepdim=True)
         eta = float(rates[seg.start:seg.stop].mean())
         H = curv.fit(curvature, run.model, run.task, thetas, data, run.recipe.weight_decay)
-        u = H.apply(curv.functions.learn(eta, seg.steps, form), v)
+        learn, forget = curv.functions.learn(eta, seg.steps, form), curv.functions.forget(eta, seg.steps, form)
+        if seg is parts[0]:  # the earliest segment: nothing before it to propagate to
+            u = H.apply(learn, v)
+        elif hasattr(H, "apply_many"):  # one rotation into the eigenbasis for both functions
+            u, v = H.apply_many([learn, forget], v)
+        else:
+            u, v = H.apply(learn, v), H.apply(forget, v)
         scores += gradient_products(run.model, run.task, thetas, data, u)  # u . gbar_l(i)
-        v = H.apply(curv.functions.forget(eta, seg.steps, form), v)
     return (-scores / run.num_train).to(dtype)

@@ -217,14 +217,19 @@ class KroneckerCurvature:
 
         fn may be a plain function of eigenvalues, or have ``for_layer(eigenvalues) -> function`` for a
         per-layer choice (e.g. damping relative to the layer's mean eigenvalue)."""
-        out = torch.zeros_like(v)
+        return self.apply_many([fn], v)[0]
+
+    def apply_many(self, fns: list, v: Tensor) -> list[Tensor]:
+        """[fn(M) v for fn in fns], rotating v into each layer's eigenbasis once for all of them."""
+        outs = [torch.zeros_like(v) for _ in fns]
         for layer in self.layers:
             values = layer.eigenvalues + self.floor
-            f = fn.for_layer(values) if hasattr(fn, "for_layer") else fn
             QA, QS = layer.A_vectors.to(v.dtype), layer.S_vectors.to(v.dtype)
             rotated = QS.T @ layer.slot.matrix(v) @ QA
-            layer.slot.scatter(QS @ (rotated * f(values).to(v.dtype)) @ QA.T, out)
-        return out
+            for fn, out in zip(fns, outs, strict=True):
+                f = fn.for_layer(values) if hasattr(fn, "for_layer") else fn
+                layer.slot.scatter(QS @ (rotated * f(values).to(v.dtype)) @ QA.T, out)
+        return outs
 
     def dense(self) -> Tensor:
         """The matrix [P, P] in float64 (small models only)."""

@@ -1,10 +1,20 @@
 """Judging attributions against retraining: ground truth, LDS, reliability, LOO, subset removal."""
 
 from .ground_truth import GroundTruth, groundtruth, random_subsets
-from .metrics import Interval, Reliability, bootstrap, lds, predictions, rankdata, reliability, spearman
+from .metrics import (
+           Interval,
+           Reliability,
+           bootstrap,
+           lds,
+           paired_difference,
+           predictions,
+           rankdata,
+           reliability,
+           spearman,
+)
 from .removal import Removal, leave_one_out, random_removal, subset_removal
 from .retrain import retrain, retrain_reweighted
 
 __all__ = ["GroundTruth", "groundtruth", "random_subsets", "Interval", "Reliability", "bootstrap", "lds",
-           "predictions", "rankdata", "reliability", "spearman", "Removal", "leave_one_out",
+           "paired_difference", "predictions", "rankdata", "reliability", "spearman", "Removal", "leave_one_out",
            "random_removal", "subset_removal", "retrain", "retrain_reweighted"]

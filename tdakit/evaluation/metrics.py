@@ -97,3 +97,10 @@ def reliability(truth: GroundTruth, splits: int = 20, seed: int = 0) -> Reliabil
     half = torch.stack(per_query).mean(0).clamp(min=0)
     full = 2 * half / (1 + half)
     return Reliability(float(full.mean()), float(full.sqrt().mean()), R)
+
+
+def paired_difference(a: Interval, b: Interval, seed: int = 0) -> Interval:
+    """a - b on the same queries (paired), with a bootstrap 95% interval: is a really ahead of b?"""
+    if a.per_query.shape != b.per_query.shape:
+        raise ValueError("paired_difference needs two results on the same queries")
+    return bootstrap(a.per_query - b.per_query, seed=seed)

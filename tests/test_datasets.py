@@ -1,0 +1,61 @@
+"""MNIST: the embedded subset's split, and the loader for torchvision's folder layout."""
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+import tdakit
+from tdakit.datasets import _stratified, mnist_arrays, mnist_folder
+
+
+def test_mnist5k_split_is_seeded_stratified_and_standardized():
+    data = tdakit.datasets.load("mnist5k")
+    assert (len(data.train), len(data.query), len(data.test)) == (4000, 100, 900)
+    assert data.train.x.shape == (4000, 784) and data.train.y.dtype == torch.int64
+    assert torch.bincount(data.train.y).tolist() == [400] * 10
+    assert torch.bincount(data.query.y).tolist() == [10] * 10
+    assert abs(float(data.train.x.mean())) < 1e-4 and abs(float(data.train.x.std()) - 1) < 1e-3
+    labels = np.repeat(np.arange(10), 500)
+    parts = _stratified(labels, (4000, 100), seed=0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(5000))  # disjoint, and nothing left out
+    again = tdakit.datasets.load("mnist5k")
+    assert torch.equal(again.query.x, data.query.x) and torch.equal(again.train.y, data.train.y)
+    other = tdakit.datasets.load("mnist5k", seed=1)
+    assert not torch.equal(other.query.x, data.query.x)
+    images = tdakit.datasets.load("mnist5k", n_train=1000, n_query=50, flatten=False)
+    assert images.train.x.shape == (1000, 1, 28, 28) and len(images.test) == 3950
+
+
+def _write_idx(path, array, gz):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if gz else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_folder_reads_torchvision_layout(tmp_path, gz):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (300, 28, 28)), np.repeat(np.arange(10), 30)
+    suffix = ".gz" if gz else ""
+    _write_idx(raw / f"train-images-idx3-ubyte{suffix}", images, gz)
+    _write_idx(raw / f"train-labels-idx1-ubyte{suffix}", labels, gz)
+    got_images, got_labels = mnist_arrays(tmp_path)
+    assert np.array_equal(got_images, images) and np.array_equal(got_labels, labels)
+    data = mnist_folder(tmp_path, n_train=200, n_query=50)
+    assert (len(data.train), len(data.query), len(data.test)) == (200, 50, 50)
+    assert torch.bincount(data.train.y).tolist() == [20] * 10
+
+
+def test_missing_mnist_folder_says_where_it_looked_and_never_downloads(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"MNIST files .* not found under .*MNIST/raw.*download=True"):
+        mnist_folder(tmp_path / "nowhere")
+
+
+def test_too_large_a_split_is_refused():
+    with pytest.raises(ValueError, match="mnist5k has 5000 images"):
+        tdakit.datasets.load("mnist5k", n_train=5000, n_query=100)
