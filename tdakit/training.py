@@ -180,12 +180,14 @@ def _diverged(step: int, recipe: Recipe, steps_per_epoch: int, loss: float, whic
 
 def train(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task,
           checkpoints: int | str | Sequence[int] = 6, weights: Tensor | None = None,
-          dtype: torch.dtype = torch.float32, progress: bool = True, cache=None) -> Run:
+          dtype: torch.dtype = torch.float32, progress: bool = True, cache=None, init: Tensor | None = None) -> Run:
     """Train one model with ``recipe`` and record its trajectory.
 
     checkpoints: how many evenly spaced checkpoints (midpoints of equal pieces of training), "all"
     (the parameters at the start of every step), or explicit step numbers. weights: [N], default ones.
     cache: a folder to keep the run in (keyed by model, task, recipe, data and weights), or None.
+    init: starting parameters [P] (default: the model's initialisation seeded by recipe.seed), e.g. the
+    final parameters of a previous stage; the momentum buffer always starts at zero.
     """
     flat = _as_flat(model)
     data = data.to(dtype)
@@ -194,13 +196,16 @@ def train(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task,
     weights = torch.ones(n, dtype=dtype, device=device) if weights is None else weights.to(device, dtype)
     if weights.shape != (n,):
         raise ValueError(f"weights must have shape ({n},), got {tuple(weights.shape)}")
-    init = flat.init(recipe.seed, dtype).to(device)
+    given = init is not None
+    init = flat.init(recipe.seed, dtype).to(device) if init is None else init.detach().to(device, dtype)
+    if init.shape != (flat.num_params,):
+        raise ValueError(f"init must have shape ({flat.num_params},) for this model, got {tuple(init.shape)}")
     _check_data(data, flat, task, init)
     batches = batch_order(torch.arange(n), recipe.batch_size, recipe.epochs, seed_of("order", recipe.seed))
     lrs = recipe.learning_rates(n)
     steps = _checkpoint_steps(checkpoints, len(lrs))
     key = store.key_of("run", flat.describe(), task, recipe, data.fingerprint(), str(dtype), steps.tolist(),
-                       store.key_of(weights.tolist()))
+                       store.key_of(weights.tolist()), *([Split(init[None], init[:1]).fingerprint()] if given else []))
     saved = store.cached(cache, "run", key, lambda: _trajectory(
         flat, data, recipe, task, init, batches, lrs, weights, steps, progress))
     return Run(flat, task, recipe, data, init, saved["final"], saved["checkpoints"], steps, lrs, batches,

@@ -43,16 +43,28 @@ def unrolled_scores(run: Run, query: Split, dtype: torch.dtype | None = None, ch
     Returns [Q, N] in units of the measurement. Removing S is predicted as -sum_{i in S} score[:, i].
     """
     dtype = dtype or run.final.dtype
-    data, query = run.train.to(dtype), query.to(dtype)
+    thetas = replay(run, dtype)
+    v_final = measurement_grads(run.model, run.task, thetas[-1], query.to(dtype))  # [Q, P]
+    return unrolled_adjoint(run, v_final, dtype, chunk, progress, thetas)[0]
+
+
+def unrolled_adjoint(run: Run, v_final: Tensor, dtype: torch.dtype | None = None, chunk: int = 128,
+                     progress: bool = True, thetas: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The reverse pass for adjoints v_final [Q, P] of the final parameters: (d(v . theta_T)/d w_i
+    [Q, N], the adjoint of the initial parameters [Q, P]) -- the latter carries a multi-stage pipeline's
+    derivative back into the previous stage."""
+    dtype = dtype or run.final.dtype
+    data = run.train.to(dtype)
     w = run.weights.to(dtype)
     model, task, recipe = run.model, run.task, run.recipe
-    thetas = replay(run, dtype)
-    v_final = measurement_grads(model, task, thetas[-1], query)  # [Q, P]
+    thetas = replay(run, dtype) if thetas is None else thetas
+    v_final = v_final.to(dtype)
 
     batch_gradient = make_batch_gradient(model, task)  # (gradient, loss): the loss rides along as aux
 
-    scores = torch.zeros(len(query), len(data), dtype=dtype, device=v_final.device)
-    for start in range(0, len(query), chunk):
+    scores = torch.zeros(len(v_final), len(data), dtype=dtype, device=v_final.device)
+    initial = torch.zeros_like(v_final)
+    for start in range(0, len(v_final), chunk):
         lam_theta = v_final[start:start + chunk]
         lam_buf = torch.zeros_like(lam_theta)
         rows = scores[start:start + chunk]
@@ -72,4 +84,5 @@ def unrolled_scores(run: Run, query: Split, dtype: torch.dtype | None = None, ch
             # dc_j/dw_i = valid_j / |B_k| for the point i sitting in slot j
             contrib = dc * (valid / valid.sum())
             rows.index_add_(1, idx.clamp(min=0), contrib * valid)
-    return scores
+        initial[start:start + chunk] = lam_theta
+    return scores, initial

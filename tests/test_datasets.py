@@ -59,3 +59,26 @@ def test_missing_mnist_folder_says_where_it_looked_and_never_downloads(tmp_path)
 def test_too_large_a_split_is_refused():
     with pytest.raises(ValueError, match="mnist5k has 5000 images"):
         tdakit.datasets.load("mnist5k", n_train=5000, n_query=100)
+
+
+def test_label_noise_is_seeded_and_changes_exactly_the_fraction():
+    data = tdakit.datasets.load("mnist5k")
+    noisy, changed = tdakit.datasets.with_label_noise(data.train, 0.3, classes=10, seed=3)
+    assert int(changed.sum()) == 1200
+    assert (noisy.y[changed] != data.train.y[changed]).all() and torch.equal(noisy.y[~changed], data.train.y[~changed])
+    again, changed_again = tdakit.datasets.with_label_noise(data.train, 0.3, classes=10, seed=3)
+    assert torch.equal(again.y, noisy.y) and torch.equal(changed, changed_again)
+    other, _ = tdakit.datasets.with_label_noise(data.train, 0.3, classes=10, seed=4)
+    assert not torch.equal(other.y, noisy.y)
+    with pytest.raises(ValueError, match="fraction must lie in"):
+        tdakit.datasets.with_label_noise(data.train, 1.5, classes=10)
+
+
+def test_rotation_is_exact_for_quarter_turns_and_keeps_shapes():
+    data = tdakit.datasets.load("mnist5k")
+    part = data.train.subset(slice(0, 8))
+    quarter = tdakit.datasets.rotated(part, 90.0)
+    expected = torch.rot90(part.x.reshape(-1, 28, 28), k=1, dims=(1, 2)).reshape(8, -1)
+    assert quarter.x.shape == part.x.shape and torch.allclose(quarter.x, expected, atol=1e-4)
+    assert torch.equal(tdakit.datasets.rotated(part, 45.0).x, tdakit.datasets.rotated(part, 45.0).x)
+    assert torch.allclose(tdakit.datasets.rotated(part, 0.0).x, part.x, atol=1e-5)

@@ -26,6 +26,8 @@ class Kronecker:
 
     fisher: "ggn" (exact expectation over the model's outputs), "true" (sampled targets, seeded) or
     "empirical" (observed targets). exclude: names of layers to leave out (e.g. a LayerNorm).
+    include_weight_decay: add the recipe's weight decay to the curvature (the Hessian of the objective
+    training minimised). False reproduces tools that fit the loss alone (kronfluence).
     """
 
     eigen_correction: bool = True
@@ -33,10 +35,11 @@ class Kronecker:
     exclude: tuple[str, ...] = ()
     chunk: int = 512
     seed: int = 0
+    include_weight_decay: bool = True
 
     def fit(self, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float) -> KroneckerCurvature:
-        return kronecker_curvature(model, task, thetas, data, weight_decay, self.eigen_correction, self.fisher,
-                                   self.exclude, self.chunk, self.seed)
+        return kronecker_curvature(model, task, thetas, data, weight_decay if self.include_weight_decay else 0.0,
+                                   self.eigen_correction, self.fisher, self.exclude, self.chunk, self.seed)
 
 
 def fit(kind: str | Kronecker, model: FlatModel, task: Task, thetas: Tensor, data: Split,

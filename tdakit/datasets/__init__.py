@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Split", "Dataset", "Scaler", "load", "available", "mnist_folder", "mnist_arrays"]
+__all__ = ["Split", "Dataset", "Scaler", "load", "available", "mnist_folder", "mnist_arrays", "with_label_noise",
+           "rotated"]
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,36 @@ def mnist_folder(root: str | Path, seed: int = 0, n_train: int = 6144, n_query: 
     if n_train + n_query > len(labels):
         raise ValueError(f"MNIST under {root} has {len(labels)} images; n_train + n_query = {n_train + n_query}")
     return _images_dataset("mnist", images, labels, _stratified(labels, (n_train, n_query), seed), flatten)
+
+
+def with_label_noise(split: Split, fraction: float, classes: int, seed: int = 0) -> tuple[Split, Tensor]:
+    """A copy of ``split`` with round(fraction * n) labels replaced by a uniformly drawn *different*
+    class (seeded). Returns (noisy split, bool mask [n] of the changed points)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    if split.y.is_floating_point():
+        raise ValueError("label noise needs integer class labels")
+    g = torch.Generator().manual_seed(seed)
+    n = len(split)
+    changed = torch.zeros(n, dtype=torch.bool)
+    changed[torch.randperm(n, generator=g)[:round(fraction * n)]] = True
+    shift = torch.randint(1, classes, (n,), generator=g)  # never the original class
+    y = torch.where(changed, (split.y + shift) % classes, split.y)
+    return Split(split.x, y), changed
+
+
+def rotated(split: Split, degrees: float, side: int = 28) -> Split:
+    """Images rotated counter-clockwise by ``degrees`` about their centre (bilinear, zero padding in the
+    standardized units' background value). x: [n, side*side] or [n, 1, side, side]; same shape back."""
+    flat = split.x.dim() == 2
+    images = split.x.reshape(-1, 1, side, side) if flat else split.x
+    background = float(images.amin())
+    angle = torch.tensor(degrees * torch.pi / 180.0, dtype=torch.float64)
+    c, s = float(torch.cos(angle)), float(torch.sin(angle))
+    theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=images.dtype).expand(len(images), 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(images - background, grid, align_corners=False) + background
+    return Split(out.reshape(split.x.shape), split.y)
 
 
 _LOADERS = {"concrete": _concrete, "mnist5k": _mnist5k}
