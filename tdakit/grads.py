@@ -63,8 +63,7 @@ def output_jacobians(model: FlatModel, task: Task, theta: Tensor, data: Split, c
         x, y = data.x[s], data.y[s]
         j = jac(theta, x)  # [c, o, P]
         lam = out_hess(vmap(out, in_dims=(None, 0))(theta, x), y)  # [c, o, o]
-        evals, evecs = torch.linalg.eigh(lam)
-        root = evecs @ torch.diag_embed(evals.clamp(min=0).sqrt()) @ evecs.transpose(-1, -2)
+        root = psd_sqrt(lam)
         return root @ j
 
     return _chunked(factors, len(data), chunk)
@@ -90,3 +89,11 @@ def gradient_products(model: FlatModel, task: Task, thetas: Tensor, data: Split,
             part = data.subset(slice(s, s + chunk))
             out[:, s:s + chunk] += (u @ loss_grads(model, task, theta, part, chunk=chunk).T).double()
     return out / len(thetas)
+
+
+def psd_sqrt(m: Tensor) -> Tensor:
+    """Symmetric square root of a batch of PSD matrices [..., o, o], via eigh in float64 (a cross-entropy
+    Hessian diag(p) - p p^T with a nearly one-hot p is too ill-conditioned for float32 eigh)."""
+    evals, evecs = torch.linalg.eigh(m.double())
+    root = evecs @ torch.diag_embed(evals.clamp(min=0).sqrt()) @ evecs.transpose(-1, -2)
+    return root.to(m.dtype)

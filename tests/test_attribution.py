@@ -130,8 +130,8 @@ def test_segment_specs(converged):
 
 
 def test_unknown_method_lists_the_available_ones(converged, small_regression):
-    with pytest.raises(ValueError, match="unknown method 'tracin'; available: unrolled, influence, source"):
-        tdakit.attribute(converged, small_regression[1], "tracin")
+    with pytest.raises(ValueError, match="unknown method 'lissa'; available: unrolled, influence, source, fast_source"):
+        tdakit.attribute(converged, small_regression[1], "lissa")
 
 
 def test_unknown_settings_say_what_the_method_takes(converged, small_regression):

@@ -98,8 +98,8 @@ def test_power_form_matches_matrix_powers():
 
 def test_unknown_curvature_is_a_clear_error(setup):
     run, train = setup
-    with pytest.raises(ValueError, match="unknown curvature .kfac.*ggn, hessian, hessian_clipped"):
-        curv.fit("kfac", run.model, run.task, run.final[None], train, 0.0)
+    with pytest.raises(ValueError, match="unknown curvature .lissa.*ggn, hessian, hessian_clipped, ekfac, kfac"):
+        curv.fit("lissa", run.model, run.task, run.final[None], train, 0.0)
 
 
 def test_dense_hessian_refuses_large_models(concrete):

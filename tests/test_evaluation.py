@@ -144,3 +144,10 @@ def test_removal_of_more_points_than_exist_is_refused(tiny_run, small_regression
 def test_leave_one_out_with_seeds_returns_changes(tiny_run, small_regression):
     change = tdakit.leave_one_out(tiny_run, small_regression[1], [0, 1], seeds=2, progress=False)
     assert change.shape == (2, 6) and torch.isfinite(change).all() and (change != 0).any()
+
+
+def test_flipped_counts_correct_queries_whose_margin_turns_nonpositive():
+    before = torch.tensor([1.0, 0.5, -0.2, 2.0])
+    after = torch.tensor([[0.8, 0.1, -0.5, 1.0], [-0.1, 0.2, 0.3, 1.5], [-1.0, -0.3, 1.0, 0.0]])
+    removal = tdakit.evaluation.Removal([1, 2, 3], after - before, before, after)
+    assert removal.flipped().tolist() == [0.0, 1 / 3, 1.0]

@@ -33,6 +33,7 @@ from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from ..datasets import Split
+from ..grads import psd_sqrt
 from ..models import FlatModel
 from ..task import Task
 from .base import EigenFunction
@@ -153,8 +154,7 @@ def _output_directions(task: Task, outputs: Tensor, targets: Tensor, fisher: str
     g = outputs.detach()
     if fisher == "ggn":
         lam = vmap(torch.func.hessian(lambda o, y: task.loss(o[None], y[None])[0]))(g, targets)
-        evals, evecs = torch.linalg.eigh(lam)
-        root = evecs @ torch.diag_embed(evals.clamp(min=0).sqrt()) @ evecs.transpose(-1, -2)
+        root = psd_sqrt(lam)
         return [root[:, :, k] for k in range(root.shape[-1])]
     if fisher == "true":
         targets = task.sample_targets(g, generator)

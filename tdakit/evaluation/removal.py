@@ -70,6 +70,14 @@ class Removal:
     before: Tensor
     after: Tensor
 
+    def flipped(self) -> Tensor:
+        """For a margin measurement: per k, the fraction of the queries classified correctly before
+        (seed-mean margin > 0) whose seed-mean margin is <= 0 after the removal: [K]."""
+        correct = self.before > 0
+        if not correct.any():
+            return torch.zeros(len(self.ks))
+        return (self.after[:, correct] <= 0).double().mean(1)
+
 
 def most_harmful_to_remove(scores: Tensor, k: int, higher_is_better: bool) -> Tensor:
     """Per query, the k points whose removal is predicted to hurt most: [Q, k] indices.
