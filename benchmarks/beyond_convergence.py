@@ -90,7 +90,7 @@ def rotated_stages(data, n: int, angles=(0.0, 45.0, 90.0), epochs: int = 5):
             for s, a in enumerate(angles)]
 
 
-def rotated(cache, n: int = 1000) -> dict:
+def rotated(cache, n: int = 500) -> dict:
     data = tdakit.datasets.load("mnist5k")
     model, task = tdakit.mlp(784, (512, 256, 128), 10), tdakit.Classification()
     stages = rotated_stages(data, n)
