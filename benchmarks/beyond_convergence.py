@@ -84,7 +84,7 @@ def noisy(cache) -> dict:
 
 
 def rotated_stages(data, n: int, angles=(0.0, 45.0, 90.0), epochs: int = 5):
-    base = data.train.subset(slice(0, n))
+    base = tdakit.datasets.balanced_subset(data.train, n)  # the split is in file order, sorted by digit
     recipe = tdakit.Recipe(lr=3e-2, epochs=epochs, batch_size=64, momentum=0.9, weight_decay=1e-3)
     return [Stage(tdakit.datasets.rotated(base, a), dataclasses.replace(recipe, seed=s), name=f"{a:.0f} degrees")
             for s, a in enumerate(angles)]
@@ -151,7 +151,8 @@ def removal(cache) -> dict:
     for name, (dataset, recipe, hidden, outputs, task, noise, n_query, ks) in cases.items():
         data = tdakit.datasets.load(dataset)
         train = data.train if noise is None else tdakit.datasets.with_label_noise(data.train, noise, 10, 0)[0]
-        query = data.query.subset(slice(0, n_query))
+        query = data.query.subset(slice(0, n_query)) if noise is None else tdakit.datasets.balanced_subset(
+            data.query, n_query)
         model = tdakit.mlp(train.x.shape[1], hidden, outputs)
         run = tdakit.train(model, train, recipe, task, checkpoints=6, progress=False, cache=cache)
         print(f"\n{name}: remove each query's top-k by each method, k = {ks}, 2 seeds, {len(query)} queries")

@@ -21,7 +21,12 @@ def setup(name: str, n_train: int | None = None, seed: int = 0, cache=None):
     """(dataset, model, task, recipe, run) for a named setting; n_train keeps the first n points."""
     dataset_name, hidden, outputs, task, recipe = SETTINGS[name]
     data = tdakit.datasets.load(dataset_name)
-    train = data.train if n_train is None else data.train.subset(slice(0, n_train))
+    if n_train is None:
+        train = data.train
+    elif data.kind == "classification":  # the split is in file order (sorted by digit): balance the classes
+        train = tdakit.datasets.balanced_subset(data.train, n_train)
+    else:
+        train = data.train.subset(slice(0, n_train))
     model = tdakit.mlp(train.x.shape[1], hidden, outputs)
     recipe = dataclasses.replace(recipe, seed=seed)
     run = tdakit.train(model, train, recipe, task, checkpoints=6, progress=False, cache=cache)

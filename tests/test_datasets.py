@@ -82,3 +82,13 @@ def test_rotation_is_exact_for_quarter_turns_and_keeps_shapes():
     assert quarter.x.shape == part.x.shape and torch.allclose(quarter.x, expected, atol=1e-4)
     assert torch.equal(tdakit.datasets.rotated(part, 45.0).x, tdakit.datasets.rotated(part, 45.0).x)
     assert torch.allclose(tdakit.datasets.rotated(part, 0.0).x, part.x, atol=1e-5)
+
+
+def test_balanced_subset_spreads_the_classes():
+    data = tdakit.datasets.load("mnist5k")
+    assert torch.bincount(data.train.y[:500], minlength=10).max() > 100  # file order: a prefix is not balanced
+    part = tdakit.datasets.balanced_subset(data.train, 500, seed=0)
+    assert torch.bincount(part.y, minlength=10).tolist() == [50] * 10
+    assert torch.equal(part.x, tdakit.datasets.balanced_subset(data.train, 500, seed=0).x)
+    with pytest.raises(ValueError, match="n must lie in 1..4000"):
+        tdakit.datasets.balanced_subset(data.train, 0)

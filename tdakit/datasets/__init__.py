@@ -6,7 +6,8 @@ remaining 31 rows are kept as ``test``). Targets stay standardized for training;
 predictions and measurements back to MPa.
 
 ``load("mnist5k")`` reads the embedded class-balanced 5000-image MNIST subset: a seeded, class-stratified
-4000 train / 100 query split (the other 900 images are ``test``), pixels scaled to [0, 1] and
+4000 train / 100 query split (the other 900 images are ``test``; each part stays in file order, which
+is sorted by digit, so take smaller training sets with ``balanced_subset``), pixels scaled to [0, 1] and
 standardized with the training mean and std, images flattened to 784 features (``flatten=False`` keeps
 [n, 1, 28, 28] for convolutional models). ``mnist_folder(root)`` reads the full MNIST from a local folder
 in torchvision's layout (``root/MNIST/raw/*-ubyte[.gz]``) and never downloads unless asked.
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Split", "Dataset", "Scaler", "load", "available", "mnist_folder", "mnist_arrays", "with_label_noise",
-           "rotated"]
+           "rotated", "balanced_subset"]
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,18 @@ def mnist_folder(root: str | Path, seed: int = 0, n_train: int = 6144, n_query: 
     if n_train + n_query > len(labels):
         raise ValueError(f"MNIST under {root} has {len(labels)} images; n_train + n_query = {n_train + n_query}")
     return _images_dataset("mnist", images, labels, _stratified(labels, (n_train, n_query), seed), flatten)
+
+
+def balanced_subset(split: Split, n: int, seed: int = 0) -> Split:
+    """n examples of a classification split with the classes as equal as possible, seeded. Use it
+    instead of a prefix: ``load("mnist5k")`` keeps each part in file order, which is sorted by digit."""
+    if split.y.is_floating_point():
+        raise ValueError("balanced_subset needs integer class labels; use split.subset(...) for regression")
+    if not 0 < n <= len(split):
+        raise ValueError(f"n must lie in 1..{len(split)}, got {n}")
+    labels = split.y.cpu().numpy()
+    order = _stratified(labels, (n,), seed)[0]
+    return split.subset(torch.as_tensor(order))
 
 
 def with_label_noise(split: Split, fraction: float, classes: int, seed: int = 0) -> tuple[Split, Tensor]:
