@@ -17,6 +17,7 @@ the curvature of all stages' data pooled, as if the pipeline were one training r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,8 +26,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import curvature as curv
-from .attribution.source import segments_of
-from .attribution.tracin import checkpoint_rates
+from .attribution.source import source_walk
+from .attribution.tracin import tracin_scores
 from .datasets import Split
 from .grads import gradient_products, measurement_grads
 from .models import FlatModel
@@ -111,37 +112,44 @@ def train_stages(model: nn.Module | FlatModel, stages: Sequence[Stage], task: Ta
     return StagedRun(runs, [st.name or f"stage {s}" for s, st in enumerate(stages)])
 
 
+def reseeded(stages: Sequence[Stage], seed: int) -> list[Stage]:
+    """The same pipeline with every stage's recipe seed (so the initialisation and every batch order)
+    derived from ``seed``: one independently trained member of a pipeline ensemble."""
+    return [dataclasses.replace(st, recipe=dataclasses.replace(st.recipe,
+                                                               seed=seed_of("pipeline", seed, st.recipe.seed)))
+            for st in stages]
+
+
+def train_stages_ensemble(model: nn.Module | FlatModel, stages: Sequence[Stage], task: Task | None = None,
+                          seeds: Sequence[int] = (1, 2, 3, 4), checkpoints: int | Sequence[int] = 6,
+                          dtype: torch.dtype = torch.float32, progress: bool = True, cache=None) -> list[StagedRun]:
+    """Independently trained pipelines, one per seed (``reseeded(stages, seed)``): list of ``StagedRun``."""
+    return [train_stages(model, reseeded(stages, int(seed)), task, checkpoints, dtype, progress=progress, cache=cache)
+            for seed in tqdm(seeds, desc="pipeline ensemble", disable=not progress)]
+
+
+def staged_ensemble(members: Sequence[StagedRun], query: Split, method: str = "source",
+                    **settings) -> list[Tensor]:
+    """``staged_scores`` averaged over independently trained pipelines: [Q, N_s] for every stage s."""
+    if not members:
+        raise ValueError("staged_ensemble needs at least one pipeline; train some with train_stages_ensemble")
+    total = None
+    for staged in members:
+        scores = staged_scores(staged, query, method, **settings)
+        total = scores if total is None else [a + b for a, b in zip(total, scores, strict=True)]
+    return [t / len(members) for t in total]
+
+
 def _source_walk(staged: StagedRun, query: Split, segments: int | Sequence[int], curvature, form: str,
-                 fast: bool, progress: bool, no_curvature: bool = False) -> list[Tensor]:
-    """SOURCE (or, with no_curvature, TracIn) over all stages: scores [Q, N_s] for every stage s."""
+                 fast: bool, progress: bool) -> list[Tensor]:
+    """SOURCE over all stages, last to first: scores [Q, N_s] for every stage s."""
     dtype = staged.final.dtype
-    query = query.to(dtype)
-    v = measurement_grads(staged.model, staged.task, staged.final, query)
+    v = measurement_grads(staged.model, staged.task, staged.final, query.to(dtype))
     out: list[Tensor] = [None] * len(staged.runs)  # type: ignore[list-item]
-    for s in reversed(range(len(staged.runs))):
-        run = staged.runs[s]
-        data = run.train.to(dtype)
-        scores = torch.zeros(len(query), len(data), dtype=torch.float64, device=v.device)
-        if no_curvature:  # TracIn: each checkpoint stands for its share of the stage's steps, nothing forgets
-            for theta, rate in zip(run.checkpoints, checkpoint_rates(run).tolist(), strict=True):
-                vq = measurement_grads(run.model, staged.task, theta, query)  # query gradient at this checkpoint
-                scores += rate * gradient_products(run.model, run.task, theta, data, vq)
-            out[s] = (-scores / run.num_train).to(dtype)
-            continue
-        rates = run.effective_lrs
-        for seg in tqdm(segments_of(run, segments)[::-1], desc=f"SOURCE stage {s}", disable=not progress,
-                        leave=False):
-            thetas = run.checkpoints[list(seg.checkpoints)]
-            if fast:
-                thetas = thetas.mean(0, keepdim=True)
-            eta = float(rates[seg.start:seg.stop].mean())
-            H = curv.fit(curvature, run.model, run.task, thetas, data, run.recipe.weight_decay)
-            learn = curv.functions.learn(eta, seg.steps, form)
-            forget = curv.functions.forget(eta, seg.steps, form)
-            u, v = H.apply_many([learn, forget], v) if hasattr(H, "apply_many") else (H.apply(learn, v),
-                                                                                    H.apply(forget, v))
-            scores += gradient_products(run.model, run.task, thetas, data, u)
-        out[s] = (-scores / run.num_train).to(dtype)
+    for s in tqdm(reversed(range(len(staged.runs))), total=len(staged.runs), desc="SOURCE stages",
+                  disable=not progress, leave=False):
+        scores, v = source_walk(staged.runs[s], v, segments, curvature, form, fast, propagate=s > 0)
+        out[s] = scores.to(dtype)
     return out
 
 
@@ -190,8 +198,8 @@ def staged_scores(staged: StagedRun, query: Split, method: str = "source", segme
     "influence" (final parameters, pooled curvature; see the module docstring)."""
     if method in ("source", "fast_source"):
         return _source_walk(staged, query, segments, curvature, form, method == "fast_source", progress)
-    if method == "tracin":
-        return _source_walk(staged, query, segments, curvature, form, False, progress, no_curvature=True)
+    if method == "tracin":  # each stage's own checkpoints; nothing propagates (TracIn forgets nothing)
+        return [tracin_scores(run, query, measure=staged.task) for run in staged.runs]
     if method == "unrolled":
         return _unrolled_walk(staged, query, dtype, progress)
     if method == "influence":
@@ -236,29 +244,18 @@ def groundtruth_stages(staged: StagedRun, query: Split, stage: int | str, subset
                        seeds: int = 5, seed: int = 0, chunk: int = 250, cache=None, progress: bool = True):
     """LDS ground truth for one stage's points: M random subsets of that stage's data, the whole pipeline
     rerun R seeds on each (other stages keep all their data). values[m, r, q]; cached per chunk."""
-    from . import store
-    from .evaluation.ground_truth import GroundTruth, random_subsets, run_key
+    from .evaluation.ground_truth import collect, random_subsets, run_key
     from .grads import measurements
+    from .store import key_of
 
     s = staged.stage(stage)
     masks = random_subsets(staged.runs[s].num_train, subsets, fraction, seed)
-    jobs = [(m, r) for r in range(seeds) for m in range(subsets)]
-    base = store.key_of("groundtruth-stages", [run_key(r) for r in staged.runs], s, query.fingerprint(), subsets,
-                        fraction, seed)
-    values = torch.empty(subsets, seeds, len(query), dtype=staged.final.dtype)
-    bar = tqdm(total=len(jobs), desc=f"ground truth, stage {s} (pipelines)", disable=not progress)
-    for start in range(0, len(jobs), chunk):
-        part = jobs[start:start + chunk]
 
-        def compute(part=part) -> dict:
-            theta = retrain_stages(staged, s, masks[[m for m, _ in part]],
-                                   init_seeds=[seed_of("init", seed, r) for _, r in part],
-                                   order_seeds=[seed_of("order", seed, m, r) for m, r in part])
-            return {"values": measurements(staged.model, staged.task, theta, query.to(device=theta.device)).cpu()}
+    def retrain_jobs(keep: Tensor, init_seeds: list[int], order_seeds: list[int]) -> Tensor:
+        return retrain_stages(staged, s, keep, init_seeds, order_seeds)
 
-        got = store.cached(cache, "groundtruth", store.key_of(base, part), compute)["values"]
-        for (m, r), row in zip(part, got, strict=True):
-            values[m, r] = row
-        bar.update(len(part))
-    bar.close()
-    return GroundTruth(masks, values)
+    key = key_of("groundtruth-stages", [run_key(r) for r in staged.runs], s, query.fingerprint(), subsets, fraction,
+                 seed)
+    return collect(masks, seeds, seed, retrain_jobs,
+                   lambda theta: measurements(staged.model, staged.task, theta, query.to(device=theta.device)),
+                   key, chunk, cache, progress, f"ground truth, stage {s} (pipelines)")

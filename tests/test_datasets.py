@@ -92,3 +92,18 @@ def test_balanced_subset_spreads_the_classes():
     assert torch.equal(part.x, tdakit.datasets.balanced_subset(data.train, 500, seed=0).x)
     with pytest.raises(ValueError, match="n must lie in 1..4000"):
         tdakit.datasets.balanced_subset(data.train, 0)
+
+
+def test_balanced_parts_are_disjoint_balanced_and_seeded():
+    data = tdakit.datasets.load("mnist5k")
+    parts = tdakit.datasets.balanced_parts(data.train, (2000, 1000, 1000), seed=0)
+    assert [len(p) for p in parts] == [2000, 1000, 1000]
+    assert [torch.bincount(p.y, minlength=10).tolist() for p in parts] == [[200] * 10, [100] * 10, [100] * 10]
+    rows = {tuple(r) for p in parts for r in p.x[:, ::7].tolist()}  # every image lands in one part only
+    assert len(rows) == len({tuple(r) for r in data.train.x[:, ::7].tolist()})
+    again = tdakit.datasets.balanced_parts(data.train, (2000, 1000, 1000), seed=0)
+    assert all(torch.equal(a.x, b.x) for a, b in zip(parts, again, strict=True))
+    other = tdakit.datasets.balanced_parts(data.train, (2000, 1000, 1000), seed=1)
+    assert not torch.equal(parts[1].x, other[1].x)
+    with pytest.raises(ValueError, match="sum to at most 4000"):
+        tdakit.datasets.balanced_parts(data.train, (3000, 2000))

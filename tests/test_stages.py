@@ -9,7 +9,16 @@ import torch
 import tdakit
 from tdakit.datasets import Split
 from tdakit.grads import measurements
-from tdakit.stages import Stage, groundtruth_stages, retrain_stages, staged_scores, train_stages
+from tdakit.stages import (
+    Stage,
+    groundtruth_stages,
+    reseeded,
+    retrain_stages,
+    staged_ensemble,
+    staged_scores,
+    train_stages,
+    train_stages_ensemble,
+)
 
 from .conftest import smooth_mlp
 
@@ -118,3 +127,22 @@ def test_bad_pipelines_are_refused(small_regression):
         staged.stage("fine")
     with pytest.raises(ValueError, match="keep none of stage 0's points"):
         retrain_stages(staged, 0, torch.zeros(1, 32, dtype=torch.bool), [0], [0])
+
+
+def test_pipeline_ensembles_are_seeded_independent_members(small_regression):
+    _, query = small_regression
+    stages = two_stages(small_regression)
+    members = train_stages_ensemble(smooth_mlp(), stages, tdakit.Regression(), seeds=[1, 2], checkpoints=2,
+                                    dtype=torch.float64, progress=False)
+    again = train_stages(smooth_mlp(), reseeded(stages, 2), tdakit.Regression(), checkpoints=2, dtype=torch.float64,
+                         progress=False)
+    torch.testing.assert_close(members[1].final, again.final, rtol=0, atol=0)  # reproducible
+    assert not torch.allclose(members[0].runs[0].init, members[1].runs[0].init)  # independent inits
+    assert not torch.equal(members[0].runs[1].batches, members[1].runs[1].batches)  # and batch orders
+    assert [st.recipe.lr for st in reseeded(stages, 1)] == [st.recipe.lr for st in stages]
+    mean = staged_ensemble(members, query, "tracin")
+    each = [staged_scores(m, query, "tracin") for m in members]
+    for s in range(2):
+        torch.testing.assert_close(mean[s], (each[0][s] + each[1][s]) / 2)
+    with pytest.raises(ValueError, match="at least one pipeline"):
+        staged_ensemble([], query)

@@ -71,14 +71,18 @@ def segments_of(run: Run, segments: int | Sequence[int]) -> list[Segment]:
     return out
 
 
-def source_scores(run: Run, query: Split, segments: int | Sequence[int] = 3, curvature: str | curv.Kronecker = "ggn",
-                  form: str = "exp", fast: bool = False, progress: bool = False) -> Tensor:
-    """SOURCE scores [Q, N] from the run's checkpoints (see the module docstring)."""
+def source_walk(run: Run, v: Tensor, segments: int | Sequence[int] = 3, curvature: str | curv.Kronecker = "ggn",
+                form: str = "exp", fast: bool = False, propagate: bool = False,
+                progress: bool = False) -> tuple[Tensor, Tensor | None]:
+    """The query-side walk over one run's segments, last to first.
+
+    v: [Q, P] query gradients at the run's final parameters (for a stage of a pipeline: already carried
+    back through every later stage). Returns (scores [Q, N] in the convention above, float64 before
+    the -1/N; Sbar_1 ... Sbar_L v [Q, P], the query carried back to the run's initialisation, when
+    ``propagate`` else None)."""
     parts = segments_of(run, segments)
-    dtype = run.final.dtype
-    data, query = run.train.to(dtype), query.to(dtype)
-    v = measurement_grads(run.model, run.task, run.final, query)
-    scores = torch.zeros(len(query), len(data), dtype=torch.float64, device=v.device)
+    data = run.train.to(run.final.dtype)
+    scores = torch.zeros(len(v), len(data), dtype=torch.float64, device=v.device)
     rates = run.effective_lrs
     for seg in tqdm(parts[::-1], desc="SOURCE segments", disable=not progress, leave=False):
         thetas = run.checkpoints[list(seg.checkpoints)]
@@ -86,12 +90,20 @@ def source_scores(run: Run, query: Split, segments: int | Sequence[int] = 3, cur
             thetas = thetas.mean(0, keepdim=True)
         eta = float(rates[seg.start:seg.stop].mean())
         H = curv.fit(curvature, run.model, run.task, thetas, data, run.recipe.weight_decay)
-        learn, forget = curv.functions.learn(eta, seg.steps, form), curv.functions.forget(eta, seg.steps, form)
-        if seg is parts[0]:  # the earliest segment: nothing before it to propagate to
-            u = H.apply(learn, v)
-        elif hasattr(H, "apply_many"):  # one rotation into the eigenbasis for both functions
-            u, v = H.apply_many([learn, forget], v)
-        else:
-            u, v = H.apply(learn, v), H.apply(forget, v)
+        fns = [curv.functions.learn(eta, seg.steps, form)]
+        if propagate or seg is not parts[0]:  # nothing before the earliest segment needs v
+            fns.append(curv.functions.forget(eta, seg.steps, form))
+        u, *rest = H.apply_many(fns, v)  # one rotation into the eigenbasis for both functions
+        v = rest[0] if rest else v
         scores += gradient_products(run.model, run.task, thetas, data, u)  # u . gbar_l(i)
-    return (-scores / run.num_train).to(dtype)
+    return -scores / run.num_train, (v if propagate else None)
+
+
+def source_scores(run: Run, query: Split, segments: int | Sequence[int] = 3, curvature: str | curv.Kronecker = "ggn",
+                  form: str = "exp", fast: bool = False, progress: bool = False) -> Tensor:
+    """SOURCE scores [Q, N] from the run's checkpoints (see the module docstring)."""
+    segments_of(run, segments)  # a bad spec fails before any gradient is computed
+    dtype = run.final.dtype
+    v = measurement_grads(run.model, run.task, run.final, query.to(dtype))
+    scores, _ = source_walk(run, v, segments, curvature, form, fast, progress=progress)
+    return scores.to(dtype)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..datasets import Split
 from ..grads import gradient_products, measurement_grads
+from ..task import Task
 from ..training import Run
 
 
@@ -29,12 +30,14 @@ def checkpoint_rates(run: Run) -> Tensor:
     return torch.zeros(len(steps), dtype=torch.float64).index_add_(0, owner, run.effective_lrs.double())
 
 
-def tracin_scores(run: Run, query: Split) -> Tensor:
-    """TracIn scores [Q, N] over the run's checkpoints (see the module docstring)."""
+def tracin_scores(run: Run, query: Split, measure: Task | None = None) -> Tensor:
+    """TracIn scores [Q, N] over the run's checkpoints (see the module docstring). measure: the task
+    whose measurement f_q is attributed (default the run's; for an earlier stage of a pipeline, the
+    last stage's)."""
     dtype = run.final.dtype
     query = query.to(dtype)
     scores = torch.zeros(len(query), run.num_train, dtype=torch.float64, device=run.final.device)
     for theta, rate in zip(run.checkpoints, checkpoint_rates(run).tolist(), strict=True):
-        v = measurement_grads(run.model, run.task, theta, query)
+        v = measurement_grads(run.model, measure or run.task, theta, query)
         scores += rate * gradient_products(run.model, run.task, theta, run.train, v)
     return (-scores / run.num_train).to(dtype)

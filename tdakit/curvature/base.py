@@ -37,14 +37,22 @@ class EigenCurvature:
 
     def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
         """fn(M) v for v [..., P] (computed in the eigenvectors' dtype, returned in v's)."""
+        return self.apply_many([fn], v)[0]
+
+    def apply_many(self, fns: list[EigenFunction], v: Tensor) -> list[Tensor]:
+        """[fn(M) v for fn in fns], projecting v onto the eigenvectors once for all of them."""
         V = self.eigenvectors
         x = v.to(V.dtype)
         coeff = x @ V  # [..., r]
-        out = (coeff * fn(self.eigenvalues.to(V.dtype))) @ V.T
-        if self.rank < self.num_params:
-            f_floor = fn(torch.tensor(self.floor, dtype=V.dtype, device=V.device))
-            out = out + f_floor * (x - coeff @ V.T)
-        return out.to(v.dtype)
+        rest = x - coeff @ V.T if self.rank < self.num_params else None
+        values = self.eigenvalues.to(V.dtype)
+        outs = []
+        for fn in fns:
+            out = (coeff * fn(values)) @ V.T
+            if rest is not None:
+                out = out + fn(torch.tensor(self.floor, dtype=V.dtype, device=V.device)) * rest
+            outs.append(out.to(v.dtype))
+        return outs
 
     def dense(self) -> Tensor:
         """The matrix itself [P, P] (small models only: tests and plots)."""
@@ -79,12 +87,19 @@ class SampleSpaceCurvature:
 
     def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
         """fn(M) v for v [..., P] = fn(floor) v + V (fn(sigma + floor) - fn(floor)) V^T v."""
+        return self.apply_many([fn], v)[0]
+
+    def apply_many(self, fns: list[EigenFunction], v: Tensor) -> list[Tensor]:
+        """[fn(M) v for fn in fns], with one pass over the factor A into sample space for all of them."""
         A, U, sigma = self.factor, self.gram_vectors, self.gram_values
-        f_floor = fn(torch.tensor(self.floor, dtype=torch.float64, device=A.device))
-        gain = (fn(sigma + self.floor) - f_floor) / sigma
         coeff = (v.to(A.dtype) @ A.T).double() @ U  # sigma^{1/2} V^T v
-        back = ((coeff * gain) @ U.T).to(A.dtype) @ A
-        return (f_floor * v.double() + back.double()).to(v.dtype)
+        outs = []
+        for fn in fns:
+            f_floor = fn(torch.tensor(self.floor, dtype=torch.float64, device=A.device))
+            gain = (fn(sigma + self.floor) - f_floor) / sigma
+            back = ((coeff * gain) @ U.T).to(A.dtype) @ A
+            outs.append((f_floor * v.double() + back.double()).to(v.dtype))
+        return outs
 
     def dense(self) -> Tensor:
         eye = torch.eye(self.num_params, dtype=torch.float64, device=self.factor.device)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["Split", "Dataset", "Scaler", "load", "available", "mnist_folder", "mnist_arrays", "with_label_noise",
-           "rotated", "balanced_subset"]
+           "rotated", "balanced_subset", "balanced_parts"]
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,18 @@ def balanced_subset(split: Split, n: int, seed: int = 0) -> Split:
     labels = split.y.cpu().numpy()
     order = _stratified(labels, (n,), seed)[0]
     return split.subset(torch.as_tensor(order))
+
+
+def balanced_parts(split: Split, sizes: tuple[int, ...], seed: int = 0) -> list[Split]:
+    """Disjoint parts of a classification split with the given sizes, each with the classes as equal as
+    possible (seeded): e.g. the data of the stages of a continual-learning pipeline. Slicing one balanced
+    subset does not do this: parts keep file order, so consecutive slices hold different digits."""
+    if split.y.is_floating_point():
+        raise ValueError("balanced_parts needs integer class labels; use split.subset(...) for regression")
+    if any(n <= 0 for n in sizes) or sum(sizes) > len(split):
+        raise ValueError(f"sizes must be positive and sum to at most {len(split)}, got {tuple(sizes)}")
+    parts = _stratified(split.y.cpu().numpy(), tuple(sizes), seed)[:len(sizes)]
+    return [split.subset(torch.as_tensor(rows)) for rows in parts]
 
 
 def with_label_noise(split: Split, fraction: float, classes: int, seed: int = 0) -> tuple[Split, Tensor]:

@@ -8,6 +8,7 @@ is cached atomically, so an interrupted computation resumes where it stopped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,23 +60,39 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
                 seed: int = 0, chunk: int = 250, cache=None, progress: bool = True) -> GroundTruth:
     """Retrain subsets x seeds models with the run's recipe; see the module docstring."""
     masks = random_subsets(run.num_train, subsets, fraction, seed)
+
+    def retrain_jobs(keep: Tensor, init_seeds: list[int], order_seeds: list[int]) -> Tensor:
+        return retrain(run, keep, init_seeds=init_seeds, order_seeds=order_seeds, progress=False)
+
+    key = store.key_of("groundtruth", run_key(run), query.fingerprint(), subsets, fraction, seed)
+    def measure(theta: Tensor) -> Tensor:
+        return measurements(run.model, run.task, theta, query.to(device=theta.device))
+
+    return collect(masks, seeds, seed, retrain_jobs, measure, key, chunk, cache, progress, "ground truth (models)")
+
+
+def collect(masks: Tensor, seeds: int, seed: int, retrain_jobs: Callable[[Tensor, list[int], list[int]], Tensor],
+            measure: Callable[[Tensor], Tensor], key: str, chunk: int, cache, progress: bool,
+            desc: str) -> GroundTruth:
+    """Run every (subset m, seed r) job through ``retrain_jobs(keep [J, N], init_seeds, order_seeds) ->
+    theta [J, P]`` in chunks, measure them (``measure(theta) -> [J, Q]``) and cache each chunk atomically
+    under ``key`` and the jobs it holds. Jobs run seed by seed, so asking again with more seeds reuses
+    every chunk already computed."""
+    subsets = len(masks)
     jobs = [(m, r) for r in range(seeds) for m in range(subsets)]
-    # chunks are keyed by the (subset, seed) jobs they hold, and jobs run seed by seed: asking again
-    # with more seeds reuses every chunk already computed
-    base_key = store.key_of("groundtruth", run_key(run), query.fingerprint(), subsets, fraction, seed)
-    values = torch.empty(subsets, seeds, len(query), dtype=run.final.dtype)
-    bar = tqdm(total=len(jobs), desc="ground truth (models)", disable=not progress)
+    values = None
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
     for start in range(0, len(jobs), chunk):
         part = jobs[start:start + chunk]
 
         def compute(part=part) -> dict:
-            theta = retrain(run, masks[[m for m, _ in part]],
-                            init_seeds=[seed_of("init", seed, r) for _, r in part],
-                            order_seeds=[seed_of("order", seed, m, r) for m, r in part],
-                            progress=False)
-            return {"values": measurements(run.model, run.task, theta, query.to(device=theta.device)).cpu()}
+            theta = retrain_jobs(masks[[m for m, _ in part]], [seed_of("init", seed, r) for _, r in part],
+                                 [seed_of("order", seed, m, r) for m, r in part])
+            return {"values": measure(theta).cpu()}
 
-        got = store.cached(cache, "groundtruth", store.key_of(base_key, part), compute)["values"]
+        got = store.cached(cache, "groundtruth", store.key_of(key, part), compute)["values"]
+        if values is None:
+            values = torch.empty(subsets, seeds, got.shape[1], dtype=got.dtype)
         for (m, r), row in zip(part, got, strict=True):
             values[m, r] = row
         bar.update(len(part))
