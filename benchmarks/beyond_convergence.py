@@ -213,12 +213,11 @@ def removal(cache, setting: str, members: int = 5) -> dict:
         seconds[label] = s.seconds
         curves[label] = tdakit.subset_removal(run, query, s, ks, seeds=2, progress=False)
     curves["random points"] = tdakit.evaluation.random_removal(run, query, ks, seeds=2, progress=False)
-    correct = int((curves["random points"].before > 0).sum()) if task.higher_is_better else None
     table = {}
     for label, rem in curves.items():
         if task.higher_is_better:
             figure = rem.flipped().tolist()
-            unit = f"fraction of the {correct} correct queries that flip"
+            unit = f"fraction of the {int((rem.before > 0).sum())} correct queries that flip"
             cells = " | ".join(f"{f:.2f}" for f in figure)
         else:
             figure = (rem.change.mean(1) * data.scaler.std).tolist()
