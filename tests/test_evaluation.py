@@ -151,3 +151,14 @@ def test_flipped_counts_correct_queries_whose_margin_turns_nonpositive():
     after = torch.tensor([[0.8, 0.1, -0.5, 1.0], [-0.1, 0.2, 0.3, 1.5], [-1.0, -0.3, 1.0, 0.0]])
     removal = tdakit.evaluation.Removal([1, 2, 3], after - before, before, after)
     assert removal.flipped().tolist() == [0.0, 1 / 3, 1.0]
+
+
+def test_full_data_models_do_not_depend_on_the_number_of_removals(tiny_run, small_regression):
+    _, query = small_regression
+    scores = torch.randn(len(query), tiny_run.num_train, generator=torch.Generator().manual_seed(0))
+    one = subset_removal(tiny_run, query, scores, ks=[2], seeds=2, progress=False)
+    many = subset_removal(tiny_run, query, scores, ks=[1, 2, 5], seeds=2, progress=False)
+    rand = tdakit.evaluation.random_removal(tiny_run, query, ks=[3], seeds=2, progress=False)
+    # the same seeds and batch orders; only the vmap batch (how many models train together) differs
+    torch.testing.assert_close(one.before, many.before)
+    torch.testing.assert_close(one.before, rand.before)

@@ -28,7 +28,8 @@ def _full_and_removed(run: Run, query: Split, removed: list[Tensor], seeds: int,
             if j < J:
                 keep[row, removed[j]] = False
             init_seeds.append(seed_of("init", seed, r))
-            order_seeds.append(seed_of("removal-order", seed, r, j))
+            # the full-data models must not depend on how many variants are asked for
+            order_seeds.append(seed_of("removal-order", seed, r, j if j < J else "full"))
     theta = retrain(run, keep, init_seeds, order_seeds, progress=progress, desc="removal")
     f = measurements(run.model, run.task, theta, query.to(theta.dtype)).view(seeds, J + 1, -1)
     return f[:, J], f[:, :J].transpose(0, 1)
