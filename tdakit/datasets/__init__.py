@@ -210,13 +210,9 @@ def mnist_folder(root: str | Path, seed: int = 0, n_train: int = 6144, n_query: 
 def balanced_subset(split: Split, n: int, seed: int = 0) -> Split:
     """n examples of a classification split with the classes as equal as possible, seeded. Use it
     instead of a prefix: ``load("mnist5k")`` keeps each part in file order, which is sorted by digit."""
-    if split.y.is_floating_point():
-        raise ValueError("balanced_subset needs integer class labels; use split.subset(...) for regression")
     if not 0 < n <= len(split):
         raise ValueError(f"n must lie in 1..{len(split)}, got {n}")
-    labels = split.y.cpu().numpy()
-    order = _stratified(labels, (n,), seed)[0]
-    return split.subset(torch.as_tensor(order))
+    return balanced_parts(split, (n,), seed)[0]
 
 
 def balanced_parts(split: Split, sizes: tuple[int, ...], seed: int = 0) -> list[Split]:
@@ -224,7 +220,7 @@ def balanced_parts(split: Split, sizes: tuple[int, ...], seed: int = 0) -> list[
     possible (seeded): e.g. the data of the stages of a continual-learning pipeline. Slicing one balanced
     subset does not do this: parts keep file order, so consecutive slices hold different digits."""
     if split.y.is_floating_point():
-        raise ValueError("balanced_parts needs integer class labels; use split.subset(...) for regression")
+        raise ValueError("balanced parts need integer class labels; use split.subset(...) for regression")
     if any(n <= 0 for n in sizes) or sum(sizes) > len(split):
         raise ValueError(f"sizes must be positive and sum to at most {len(split)}, got {tuple(sizes)}")
     parts = _stratified(split.y.cpu().numpy(), tuple(sizes), seed)[:len(sizes)]

@@ -64,10 +64,10 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
     def retrain_jobs(keep: Tensor, init_seeds: list[int], order_seeds: list[int]) -> Tensor:
         return retrain(run, keep, init_seeds=init_seeds, order_seeds=order_seeds, progress=False)
 
-    key = store.key_of("groundtruth", run_key(run), query.fingerprint(), subsets, fraction, seed)
     def measure(theta: Tensor) -> Tensor:
         return measurements(run.model, run.task, theta, query.to(device=theta.device))
 
+    key = store.key_of("groundtruth", run_key(run), query.fingerprint(), subsets, fraction, seed)
     return collect(masks, seeds, seed, retrain_jobs, measure, key, chunk, cache, progress, "ground truth (models)")
 
 
