@@ -44,7 +44,7 @@ def predicted_vs_actual(scores, truth, query: int = 0, ax=None):
     return ax
 
 
-def lds_bars(results: dict[str, Interval], ceiling: float | None = None, ax=None):
+def lds_bars(results: dict[str, Interval], ceiling: float | None = None, ax=None, title: str | None = None):
     """LDS per method with 95% intervals; the ground truth's ceiling as a dashed line."""
     ax = ax if ax is not None else plt.subplots(figsize=(6, 3))[1]
     names = list(results)

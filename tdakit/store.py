@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 import torch
 
@@ -20,6 +21,19 @@ VERSION = 2  # bump when the meaning of cached values changes
 def default_dir() -> Path:
     """$TDAKIT_CACHE, else ~/.cache/tdakit."""
     return Path(os.environ.get("TDAKIT_CACHE", Path.home() / ".cache" / "tdakit"))
+
+
+CacheSpec: TypeAlias = "bool | str | os.PathLike | None"
+
+
+def folder(cache: CacheSpec) -> Path | None:
+    """Where a ``cache=`` argument keeps things: True -> ``default_dir()``; False or None -> nowhere
+    (recompute every time); a path -> that folder."""
+    if cache is True:
+        return default_dir()
+    if cache is False or cache is None:
+        return None
+    return Path(cache)
 
 
 def key_of(*parts) -> str:
@@ -39,16 +53,33 @@ def save_atomic(path: Path, value: dict) -> None:
         raise
 
 
-def cached(cache: str | os.PathLike | None, name: str, key: str, compute: Callable[[], dict]) -> dict:
-    """compute() once per key; None as cache disables caching. Unreadable entries are recomputed."""
-    if cache is None:
-        return compute()
-    path = Path(cache) / f"{name}-{key}.pt"
-    if path.exists():
-        try:
-            return torch.load(path, weights_only=True)
-        except Exception:  # noqa: BLE001 - a corrupt entry is simply recomputed
-            path.unlink(missing_ok=True)
+def load(cache: CacheSpec, name: str, key: str) -> dict | None:
+    """The entry saved under (name, key), or None when there is none (or it is unreadable: it is removed)."""
+    where = folder(cache)
+    if where is None:
+        return None
+    path = where / f"{name}-{key}.pt"
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 - a corrupt entry is simply recomputed
+        path.unlink(missing_ok=True)
+        return None
+
+
+def save(cache: CacheSpec, name: str, key: str, value: dict) -> None:
+    """Save value under (name, key), atomically; nothing when caching is off."""
+    where = folder(cache)
+    if where is not None:
+        save_atomic(where / f"{name}-{key}.pt", value)
+
+
+def cached(cache: CacheSpec, name: str, key: str, compute: Callable[[], dict]) -> dict:
+    """compute() once per key (``cache`` as in ``folder``). Unreadable entries are recomputed."""
+    hit = load(cache, name, key)
+    if hit is not None:
+        return hit
     value = compute()
-    save_atomic(path, value)
+    save(cache, name, key, value)
     return value

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +28,8 @@ from .datasets import Split
 from .models import FlatModel
 from .schedules import learning_rates
 from .task import Task
+
+PLACEMENTS = ("end", "middle", "start")
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,13 @@ class Run:
     """A recorded training run.
 
     theta tensors are flat [P]; ``checkpoints`` [C, P] are the parameters after ``checkpoint_steps[c]``
-    updates; ``lrs`` [T] float64; ``batches`` [T, B] indices into ``train`` (-1 pads a short last
-    batch); ``weights`` [N] the per-example weights trained with; ``losses`` [T] the batch losses.
+    updates (sorted, non-decreasing); ``lrs`` [T] float64; ``batches`` [T, B] indices into ``train`` (-1
+    pads a short last batch); ``weights`` [N] the per-example weights trained with; ``losses`` [T] the
+    batch losses. ``checkpoint_placement`` says which updates a checkpoint stands for (SOURCE's segment
+    averages and TracIn's weights follow it): "end" -- the updates since the previous checkpoint (the
+    default: the last checkpoint is the final parameters); "start" -- the updates up to the next one
+    (``checkpoints="all"``: the parameters each update starts from); "middle" -- the updates nearer to
+    it than to any other checkpoint.
     """
 
     model: FlatModel
@@ -80,6 +87,19 @@ class Run:
     batches: Tensor
     weights: Tensor
     losses: Tensor = field(repr=False)
+    checkpoint_placement: str = "end"
+
+    def __post_init__(self):
+        if self.checkpoint_placement not in PLACEMENTS:
+            raise ValueError(f"checkpoint_placement must be one of {PLACEMENTS}, got {self.checkpoint_placement!r}")
+        steps = torch.as_tensor(self.checkpoint_steps)
+        if steps.dim() != 1 or len(steps) != len(self.checkpoints):
+            raise ValueError(f"{len(self.checkpoints)} checkpoints but checkpoint_steps has shape {tuple(steps.shape)}")
+        if len(steps) > 1 and (steps[1:] < steps[:-1]).any():
+            raise ValueError(f"checkpoint_steps must be sorted, got {steps.tolist()}; order the checkpoints by step "
+                             "(train() does this for you)")
+        if len(steps) and (steps.min() < 0 or steps.max() > self.num_steps):
+            raise ValueError(f"checkpoint steps must lie in 0..{self.num_steps}, got {steps.tolist()}")
 
     @property
     def num_steps(self) -> int:
@@ -143,23 +163,38 @@ def make_update(model: FlatModel, task: Task, recipe: Recipe):
     return update
 
 
-def _as_flat(model: nn.Module | FlatModel) -> FlatModel:
+def as_flat(model: nn.Module | FlatModel) -> FlatModel:
     return model if isinstance(model, FlatModel) else FlatModel(model)
 
 
-def _checkpoint_steps(checkpoints: int | str | Sequence[int], steps: int) -> Tensor:
-    if checkpoints == "all":
-        return torch.arange(steps)
+def checkpoint_steps(checkpoints: int | str | Sequence[int], steps: int,
+                     placement: str = "end") -> tuple[Tensor, str]:
+    """Where to record checkpoints in a run of ``steps`` updates: (sorted steps [C], placement).
+
+    checkpoints: C (C equal pieces of training, a checkpoint at the end of each -- the last one the final
+    parameters -- or with placement="middle" at each piece's midpoint), "all" (the parameters every
+    update starts from, placement "start") or explicit step numbers (sorted here; placement says which
+    updates each one stands for, see ``Run``)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if isinstance(checkpoints, str):
+        if checkpoints != "all":
+            raise ValueError(f"checkpoints must be a count, 'all' or a list of steps, got {checkpoints!r}")
+        return torch.arange(steps), "start"
+    if isinstance(checkpoints, bool) or not isinstance(checkpoints, int | Sequence | Tensor):
+        raise ValueError(f"checkpoints must be a count, 'all' or a list of steps, got {checkpoints!r}")
     if isinstance(checkpoints, int):
         if checkpoints < 0:
-            raise ValueError("checkpoints must be >= 0")
-        # midpoints of C equal pieces: each checkpoint lies strictly inside its piece of training
-        return torch.tensor([round((j + 0.5) * steps / checkpoints) for j in range(checkpoints)],
-                            dtype=torch.long)
-    chosen = torch.as_tensor(list(checkpoints), dtype=torch.long)
+            raise ValueError(f"checkpoints must be >= 0, got {checkpoints}")
+        if placement == "start":
+            raise ValueError("placement='start' needs explicit steps or checkpoints='all'")
+        offset = 1.0 if placement == "end" else 0.5
+        return torch.tensor([round((j + offset) * steps / checkpoints) for j in range(checkpoints)],
+                            dtype=torch.long), placement
+    chosen = torch.as_tensor(list(checkpoints), dtype=torch.long).sort().values
     if len(chosen) and (chosen.min() < 0 or chosen.max() > steps):
         raise ValueError(f"checkpoint steps must lie in 0..{steps}, got {chosen.tolist()}")
-    return chosen
+    return chosen, placement
 
 
 def _check_data(data: Split, model: FlatModel, task: Task, theta: Tensor) -> None:
@@ -180,16 +215,19 @@ def _diverged(step: int, recipe: Recipe, steps_per_epoch: int, loss: float, whic
 
 def train(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task,
           checkpoints: int | str | Sequence[int] = 6, weights: Tensor | None = None,
-          dtype: torch.dtype = torch.float32, progress: bool = True, cache=None, init: Tensor | None = None) -> Run:
+          dtype: torch.dtype = torch.float32, progress: bool = True, cache: store.CacheSpec = True,
+          init: Tensor | None = None, placement: str = "end") -> Run:
     """Train one model with ``recipe`` and record its trajectory.
 
-    checkpoints: how many evenly spaced checkpoints (midpoints of equal pieces of training), "all"
-    (the parameters at the start of every step), or explicit step numbers. weights: [N], default ones.
-    cache: a folder to keep the run in (keyed by model, task, recipe, data and weights), or None.
-    init: starting parameters [P] (default: the model's initialisation seeded by recipe.seed), e.g. the
-    final parameters of a previous stage; the momentum buffer always starts at zero.
+    checkpoints: C evenly spaced checkpoints (at the ends of C equal pieces of training, the last one
+    the final parameters; placement="middle" puts them at the pieces' midpoints), "all" (the parameters
+    at the start of every step), or explicit step numbers (see ``checkpoint_steps``). weights: [N],
+    default ones. cache: True (the default folder, $TDAKIT_CACHE or ~/.cache/tdakit), a folder, or
+    False; runs are keyed by model, task, recipe, data, weights and checkpoints. init: starting
+    parameters [P] (default: the model's initialisation seeded by recipe.seed), e.g. the final
+    parameters of a previous stage; the momentum buffer always starts at zero.
     """
-    flat = _as_flat(model)
+    flat = as_flat(model)
     data = data.to(dtype)
     n = len(data)
     device = data.x.device  # everything follows the data
@@ -203,13 +241,13 @@ def train(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task,
     _check_data(data, flat, task, init)
     batches = batch_order(torch.arange(n), recipe.batch_size, recipe.epochs, seed_of("order", recipe.seed))
     lrs = recipe.learning_rates(n)
-    steps = _checkpoint_steps(checkpoints, len(lrs))
+    steps, placement = checkpoint_steps(checkpoints, len(lrs), placement)
     key = store.key_of("run", flat.describe(), task, recipe, data.fingerprint(), str(dtype), steps.tolist(),
                        store.key_of(weights.tolist()), *([Split(init[None], init[:1]).fingerprint()] if given else []))
-    saved = store.cached(cache, "run", key, lambda: _trajectory(
+    saved = store.cached(store.folder(cache), "run", key, lambda: _trajectory(
         flat, data, recipe, task, init, batches, lrs, weights, steps, progress))
     return Run(flat, task, recipe, data, init, saved["final"], saved["checkpoints"], steps, lrs, batches,
-               weights, saved["losses"])
+               weights, saved["losses"], placement)
 
 
 def _trajectory(model: FlatModel, data: Split, recipe: Recipe, task: Task, theta: Tensor, batches: Tensor,
@@ -235,14 +273,16 @@ def _trajectory(model: FlatModel, data: Split, recipe: Recipe, task: Task, theta
 
 def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task, inits: Tensor,
                batches: Tensor, weights: Tensor | None = None, progress: bool = True,
-               desc: str = "train many", checkpoint_steps: Tensor | None = None):
+               desc: str = "train many", checkpoint_steps: Tensor | None = None,
+               on_step: Callable[[float], object] | None = None):
     """Train M models together with vmap; returns final parameters [M, P].
 
     inits [M, P]; batches [M, T, B] (each model's batch order, -1 padding, all with the same T);
     weights [M, N] (default ones). Learning rates follow ``recipe`` for T steps. With
     ``checkpoint_steps`` [C] it returns (final [M, P], checkpoints [M, C, P], batch losses [M, T]).
+    on_step(M / T) is called after every step (an outer progress bar counting models uses it).
     """
-    flat = _as_flat(model)
+    flat = as_flat(model)
     data = data.to(inits.dtype, inits.device)
     m, steps = batches.shape[:2]
     weights = (torch.ones(m, len(data), dtype=inits.dtype, device=inits.device) if weights is None
@@ -268,6 +308,8 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
             bad = int((~torch.isfinite(loss)).nonzero()[0])
             raise _diverged(k, recipe, max(steps // recipe.epochs, 1), float(loss[bad]), f" (model {bad})")
         losses[:, k] = loss.detach().double().cpu()
+        if on_step is not None:
+            on_step(m / steps)
     if checkpoint_steps is None:
         return theta
     saved[steps] = theta
@@ -275,16 +317,20 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
     return theta, ckpts, losses
 
 
-def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task, seeds: Sequence[int],
-                   checkpoints: int | Sequence[int] = 6, dtype: torch.dtype = torch.float32,
-                   progress: bool = True) -> list[Run]:
-    """Independently trained runs, one per seed (its init and batch order, as ``train`` with
-    ``Recipe(seed=s)`` would make them), trained together with vmap: list of ``Run``."""
-    flat = _as_flat(model)
+def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task, members: int = 4,
+                   first_seed: int = 1, checkpoints: int | str | Sequence[int] = 6, dtype: torch.dtype = torch.float32,
+                   progress: bool = True, placement: str = "end") -> list[Run]:
+    """``members`` independently trained runs with recipe seeds first_seed, first_seed + 1, ... (each its
+    init and batch order, as ``train`` with ``Recipe(seed=s)`` would make them), trained together with
+    vmap: list of ``Run``. The default (4 runs seeded 1..4) completes a run trained with seed 0 to 5."""
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise ValueError(f"members must be a whole number >= 1, got {members!r}")
+    seeds = range(first_seed, first_seed + members)
+    flat = as_flat(model)
     data = data.to(dtype)
     n, device = len(data), data.x.device
     lrs = recipe.learning_rates(n)
-    steps = _checkpoint_steps(checkpoints, len(lrs))
+    steps, placement = checkpoint_steps(checkpoints, len(lrs), placement)
     recipes = [dataclasses.replace(recipe, seed=int(s)) for s in seeds]
     inits = torch.stack([flat.init(r.seed, dtype) for r in recipes]).to(device)
     _check_data(data, flat, task, inits[0])
@@ -299,7 +345,7 @@ def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, ta
                                           desc="train ensemble", checkpoint_steps=steps)
         for j, r in enumerate(recipes[part]):
             runs.append(Run(flat, task, r, data, inits[s + j], final[j], ckpts[j], steps, lrs, orders[s + j],
-                            weights, losses[j]))
+                            weights, losses[j], placement))
     return runs
 
 

@@ -3,6 +3,8 @@ import torch
 
 import tdakit
 
+from .references import smooth_mlp  # noqa: F401  (tests import it from here)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
@@ -18,7 +20,3 @@ def concrete():
 def small_regression(concrete):
     """64 Concrete training points and 6 queries, float64."""
     return concrete.train.subset(slice(0, 64)).to(torch.float64), concrete.query.subset(slice(0, 6)).to(torch.float64)
-
-
-def smooth_mlp(hidden=(12,)):
-    return tdakit.mlp(8, hidden, 1, activation="tanh")

@@ -62,8 +62,12 @@ def test_grad_cos_and_representation_against_a_loop(run_and_query):
     params = run.model.unflatten(run.final)
     hidden = lambda x: torch.tanh(x @ params["0.weight"].T + params["0.bias"])  # noqa: E731
     rep = tdakit.attribute(run, query, "representation").values
-    expected = torch.nn.functional.cosine_similarity(hidden(query.x)[:, None], hidden(run.train.x)[None], dim=-1)
-    assert torch.allclose(rep, expected, atol=1e-12)
+    similar = torch.nn.functional.cosine_similarity(hidden(query.x)[:, None], hidden(run.train.x)[None], dim=-1)
+    # one output: the output-gradient cosine is sign(g_q - y_q) sign(g_i - y_i); a point whose residual has
+    # the query's sign pulls the prediction the query's way: up-weighting it lowers the error (negative)
+    side_q = torch.sign(run.model(run.final, query.x)[:, 0] - query.y)
+    side_i = torch.sign(run.model(run.final, run.train.x)[:, 0] - run.train.y)
+    assert torch.allclose(rep, -similar * side_q[:, None] * side_i[None], atol=1e-12)
 
 
 def test_trak_without_projection_is_influence_with_the_empirical_fisher(run_and_query):
@@ -83,7 +87,8 @@ def test_trak_without_projection_is_influence_with_the_empirical_fisher(run_and_
 def test_train_ensemble_matches_separate_runs_and_averages_scores(small_regression):
     train, query = small_regression
     recipe = tdakit.Recipe(lr=0.05, epochs=2, batch_size=16, weight_decay=1e-3)
-    runs = tdakit.train_ensemble(smooth_mlp(), train, recipe, tdakit.Regression(), seeds=[3, 4], checkpoints=2,
+    runs = tdakit.train_ensemble(smooth_mlp(), train, recipe, tdakit.Regression(), members=2, first_seed=3,
+                                 checkpoints=2,
                                  dtype=torch.float64, progress=False)
     for run in runs:
         alone = tdakit.train(smooth_mlp(), train, run.recipe, tdakit.Regression(), checkpoints=2,

@@ -5,45 +5,27 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
-from torch.func import hessian, jacrev
 
 import tdakit
 from tdakit import curvature as curv
-from tdakit.curvature.kronecker import kronecker_layers, layer_gradient_factors
+from tdakit.curvature.kronecker import layer_gradient_factors
 from tdakit.datasets import Split
 from tdakit.evaluation import spearman
 from tdakit.grads import loss_grads
 from tdakit.models import FlatModel
 
+from . import references
+from .references import classification_data, small_cnn
+
 WD = 1e-3
 
 
-def dense_ggn(model: FlatModel, task, theta, data: Split, wd=WD) -> torch.Tensor:
-    """(1/n) sum_i J_i^T Lambda_i J_i + wd I, from full Jacobians and output Hessians."""
-    P = theta.numel()
-    G = torch.zeros(P, P, dtype=torch.float64)
-    for x, y in zip(data.x, data.y, strict=True):
-        J = jacrev(lambda th, x=x: model(th, x[None])[0])(theta)  # [o, P]
-        lam = hessian(lambda o, y=y: task.loss(o[None], y[None])[0])(model(theta, x[None])[0])
-        G += J.T @ lam @ J
-    return G / len(data) + wd * torch.eye(P, dtype=torch.float64)
-
-
-def small_cnn():
-    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.Conv2d(3, 4, 3, stride=2), nn.Tanh(),
-                         nn.Flatten(), nn.Linear(16, 3))
-
-
-def classification_data(n, image=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 6, 6, generator=g, dtype=torch.float64) if image else \
-        torch.randn(n, 5, generator=g, dtype=torch.float64)
-    return Split(x, torch.randint(0, 3, (n,), generator=g))
+def dense_ggn(model, task, theta, data, wd=WD):
+    return references.dense_ggn(model, task, theta, data, wd)
 
 
 def trained(module, data, task):
-    recipe = tdakit.Recipe(lr=0.1, epochs=3, batch_size=8, weight_decay=WD)
-    return tdakit.train(module, data, recipe, task, checkpoints=2, dtype=torch.float64, progress=False)
+    return references.trained(module, data, task, wd=WD)
 
 
 @pytest.mark.parametrize("task", [tdakit.Classification(), tdakit.Regression()])
@@ -113,23 +95,14 @@ def test_ekfac_agrees_with_the_dense_gauss_newton(module, image, cos_bound, scor
     assert (K["ekfac"].dense() - block).norm() <= (K["kfac"].dense() - block).norm() + 1e-12
 
 
-def _loop_grads(model, task, theta, data):
-    rows = []
-    for x, y in zip(data.x, data.y, strict=True):
-        th = theta.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(task.loss(model(th, x[None]), y[None])[0], th)
-        rows.append(g)
-    return torch.stack(rows)
-
-
 @pytest.mark.parametrize("module, image", [(lambda: tdakit.mlp(5, (8, 6), 3, "tanh"), False), (small_cnn, True)])
 def test_per_example_gradients_equal_a_loop_of_autograd(module, image):
     data = classification_data(10, image)
     model, task = FlatModel(module()), tdakit.Classification()
     theta = model.init(3, torch.float64)
-    reference = _loop_grads(model, task, theta, data)
+    reference = references.loop_grads(model, task, theta, data)
     assert torch.allclose(loss_grads(model, task, theta, data, chunk=3), reference, atol=1e-12)  # torch.func
-    slots, _ = kronecker_layers(model)
+    slots, _ = model.layers()
     inputs, grads = layer_gradient_factors(model, task, theta, data, "empirical", slots)  # hooks
     for slot, a, d in zip(slots, inputs, grads, strict=True):
         G = torch.einsum("nto,nti->noi", d[0], a)

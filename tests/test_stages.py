@@ -8,19 +8,18 @@ import torch
 
 import tdakit
 from tdakit.datasets import Split
+from tdakit.evaluation import groundtruth_stages, retrain_stages
 from tdakit.grads import measurements
-from tdakit.stages import (
-    Stage,
-    groundtruth_stages,
-    reseeded,
-    retrain_stages,
-    staged_ensemble,
-    staged_scores,
-    train_stages,
-    train_stages_ensemble,
-)
+from tdakit.stages import Stage, reseeded, train_stages, train_stages_ensemble
 
 from .conftest import smooth_mlp
+
+
+def staged_scores(staged, query, method, **settings):
+    """Scores [Q, N_s] of every stage as tensors."""
+    got = tdakit.attribute(staged, query, method, progress=False, **settings)
+    assert [s.stage for s in got] == list(range(len(staged.runs)))
+    return [s.values for s in got]
 
 
 def two_stages(small_regression, batch_size=8, momentum=0.9, epochs=2):
@@ -103,11 +102,12 @@ def test_staged_influence_and_tracin_shapes_and_signs(small_regression):
     _, query = small_regression
     staged = train_stages(smooth_mlp(), two_stages(small_regression), tdakit.Regression(), checkpoints=2,
                           dtype=torch.float64, progress=False)
-    for method in ("influence", "tracin", "fast_source"):
-        scores = staged_scores(staged, query, method, segments=2, curvature="ggn")
+    for method, settings in (("influence", {"curvature": "ggn"}), ("tracin", {}),
+                             ("fast_source", {"segments": 2, "curvature": "ggn"})):
+        scores = staged_scores(staged, query, method, **settings)
         assert [tuple(s.shape) for s in scores] == [(6, 32), (6, 32)]
         assert all(torch.isfinite(s).all() and s.abs().sum() > 0 for s in scores)
-    with pytest.raises(ValueError, match="unknown method 'trak' for a staged run"):
+    with pytest.raises(ValueError, match="trak has no multi-stage form"):
         staged_scores(staged, query, "trak")
 
 
@@ -132,17 +132,17 @@ def test_bad_pipelines_are_refused(small_regression):
 def test_pipeline_ensembles_are_seeded_independent_members(small_regression):
     _, query = small_regression
     stages = two_stages(small_regression)
-    members = train_stages_ensemble(smooth_mlp(), stages, tdakit.Regression(), seeds=[1, 2], checkpoints=2,
-                                    dtype=torch.float64, progress=False)
+    members = train_stages_ensemble(smooth_mlp(), stages, tdakit.Regression(), members=2, first_seed=1,
+                                    checkpoints=2, dtype=torch.float64, progress=False)
     again = train_stages(smooth_mlp(), reseeded(stages, 2), tdakit.Regression(), checkpoints=2, dtype=torch.float64,
                          progress=False)
     torch.testing.assert_close(members[1].final, again.final, rtol=0, atol=0)  # reproducible
     assert not torch.allclose(members[0].runs[0].init, members[1].runs[0].init)  # independent inits
     assert not torch.equal(members[0].runs[1].batches, members[1].runs[1].batches)  # and batch orders
     assert [st.recipe.lr for st in reseeded(stages, 1)] == [st.recipe.lr for st in stages]
-    mean = staged_ensemble(members, query, "tracin")
+    mean = tdakit.ensemble(members, query, "tracin", progress=False)
     each = [staged_scores(m, query, "tracin") for m in members]
     for s in range(2):
-        torch.testing.assert_close(mean[s], (each[0][s] + each[1][s]) / 2)
-    with pytest.raises(ValueError, match="at least one pipeline"):
-        staged_ensemble([], query)
+        torch.testing.assert_close(mean[s].values, (each[0][s] + each[1][s]) / 2)
+    with pytest.raises(ValueError, match="at least one run"):
+        tdakit.ensemble([], query)

@@ -1,20 +1,23 @@
-"""Influence functions: implicit differentiation at the final parameters.
+"""Influence functions: implicit differentiation at the final parameters (docs/maths.md, section 3).
 
     score_IF[q, i] = -(1/N) grad f_q(theta_T)^T (H + damping I)^{-1} grad L(z_i, theta_T)
 
-H: curvature of the mean training loss with weight decay (any backend of ``tdakit.curvature``: "ggn",
-"hessian", "ekfac", "kfac", ...). Units: the measurement's; removing S is predicted as
--sum_{i in S} score[:, i].
+H: curvature of the mean (weighted) training loss with weight decay, from any registered backend
+("ggn", "hessian", "ekfac", "kfac", ...). Units: the measurement's; removing S is predicted as
+-sum_{i in S} score[:, i] (the convention of docs/conventions.md).
 """
 
 from __future__ import annotations
+
+import math
 
 from torch import Tensor
 
 from .. import curvature as curv
 from ..datasets import Split
-from ..grads import gradient_products, measurement_grads
+from ..grads import measurement_grads
 from ..training import Run
+from .products import Plan, Term
 
 DAMPINGS = ("implied", "heuristic")
 
@@ -25,31 +28,56 @@ def implied_damping(run: Run) -> float:
     return 1.0 / float(run.effective_lrs.sum())
 
 
-def damped_inverse(H: curv.Curvature, damping: float | str, run: Run, relative: float = 0.1):
-    """The eigenvalue function 1/(s + damping) for ``damping``: a number >= 0, "implied" (see
-    implied_damping) or "heuristic" (relative x the mean eigenvalue, per layer for Kronecker
-    curvature: kronfluence's default)."""
-    if damping == "implied":
-        damping = implied_damping(run)
+def check_damping(damping) -> None:
+    """Raise a clear error unless damping is a number >= 0, "implied" or "heuristic"."""
+    if isinstance(damping, str):
+        if damping not in DAMPINGS:
+            raise ValueError(f"damping must be a number >= 0 or one of {DAMPINGS}, got {damping!r}")
+        return
+    if isinstance(damping, bool) or not isinstance(damping, float | int) or not damping >= 0 \
+            or not math.isfinite(damping):
+        raise ValueError(f"damping must be a finite number >= 0, 'implied' or 'heuristic', got {damping!r}")
+
+
+def damped_inverse(H: curv.Curvature, damping: float | str, run: Run, relative: float = 0.1,
+                   total_rate: float | None = None):
+    """The eigenvalue function 1/(s + damping) for ``damping``:
+
+    - a number >= 0;
+    - "implied": 1 / sum_k eta_k/(1 - momentum) (``implied_damping``; ``total_rate`` overrides the sum);
+    - "heuristic": ``relative`` (0.1) x the mean eigenvalue of the loss curvature, weight decay excluded,
+      per layer for Kronecker curvature (``functions.relative_damping``: kronfluence's default).
+
+    Raises an error naming the fix when 1/(s + damping) would be infinite: a curvature with a zero
+    eigenvalue (no weight decay, directions no training point reaches) and damping 0."""
+    check_damping(damping)
     if damping == "heuristic":
-        if isinstance(H, curv.KroneckerCurvature):
-            return curv.functions.relative_inverse(relative)
-        return curv.functions.inverse(relative * float(curv.functions.mean_eigenvalue(H)))
-    if isinstance(damping, bool) or not isinstance(damping, float | int) or damping < 0:
-        raise ValueError(f"damping must be a number >= 0, 'implied' or 'heuristic', got {damping!r}")
-    return curv.functions.inverse(float(damping))
+        return curv.functions.relative_damping(relative)
+    if damping == "implied":
+        damping = implied_damping(run) if total_rate is None else 1.0 / total_rate
+    damping = float(damping)
+    values = H.eigenvalues
+    smallest = float(values.abs().min()) if values.numel() else math.inf
+    if H.num_params > values.numel():
+        smallest = min(smallest, abs(H.floor))
+    if damping == 0.0 and smallest <= 1e-12 * max(float(values.abs().max()), 1e-300):
+        raise ValueError(
+            f"the curvature has a zero eigenvalue (smallest |s| = {smallest:.3g}; weight decay "
+            f"{H.weight_decay:g}) and damping is 0, so (H + damping I)^-1 does not exist: use a positive damping "
+            "(damping='implied', 'heuristic' or a number > 0) or train with weight decay")
+    return curv.functions.inverse(damping)
 
 
-def influence_scores(run: Run, query: Split, damping: float | str = "implied", curvature: str | curv.Kronecker = "ggn",
-                     theta: Tensor | None = None) -> Tensor:
-    """Influence scores [Q, N] at theta (default: the run's final parameters)."""
-    if isinstance(damping, str) and damping not in DAMPINGS:
-        raise ValueError(f"damping must be a number >= 0 or one of {DAMPINGS}, got {damping!r}")
+def influence_plan(run: Run, query: Split, damping: float | str = "implied", curvature: curv.CurvatureSpec = "ggn",
+                   theta: Tensor | None = None, progress: bool = True) -> Plan:
+    """The influence function's one term: u = -(1/N) (H + damping I)^{-1} grad f_q at theta."""
+    check_damping(damping)
     theta = run.final if theta is None else theta
-    H = curv.fit(curvature, run.model, run.task, theta[None], run.train, run.recipe.weight_decay)
+    H = curv.fit(curvature, run.model, run.task, theta[None], run.train, run.recipe.weight_decay,
+                 weights=run.weights, progress=progress)
     v = measurement_grads(run.model, run.task, theta, query.to(theta.dtype))
     u = H.apply(damped_inverse(H, damping, run), v)
-    return (-gradient_products(run.model, run.task, theta, run.train, u) / run.num_train).to(theta.dtype)
+    return Plan(run.model, run.task, run.train, [Term(theta, u, -1.0 / run.num_train)], len(query))
 
 
-__all__ = ["influence_scores", "implied_damping", "damped_inverse"]
+__all__ = ["influence_plan", "implied_damping", "damped_inverse", "check_damping", "DAMPINGS"]

@@ -1,31 +1,36 @@
-"""Similarity baselines at the final parameters.
+"""Similarity baselines at the final parameters, in the one sign convention (docs/conventions.md):
+a positive score says up-weighting training point i moves the query's measurement f_q up.
 
 - ``grad_dot``: -(sum_k eta_k/(1 - momentum) / N) grad f_q . grad L(z_i): TracIn with the final
   parameters standing for the whole run (measurement units).
-- ``grad_cos``: -cos(grad f_q, grad L(z_i)): unitless, same sign convention (positive: up-weighting
-  i moves f_q up).
-- ``representation``: cos(h_q, h_i) of the inputs of the model's last Linear layer: unitless; a
-  point that looks like the query (to the network) ranks high. Ignores the sign of the effect.
+- ``grad_cos``: -cos(grad f_q, grad L(z_i)): unitless, in [-1, 1].
+- ``representation``: -cos(h_q, h_i) x cos(d f_q / d g, d L_i / d g), with h the inputs of the model's
+  last nn.Linear layer and g the model's outputs: unitless, in [-1, 1]. The first factor says how alike
+  the network sees the two points; the second says which way a gradient step on L_i moves the outputs
+  relative to the way f_q moves with them (for a regression's absolute error: whether i pulls the
+  query's prediction towards its target). Only its ranking and sign are meaningful.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.func import grad, vmap
 
 from ..datasets import Split
-from ..grads import gradient_products, loss_grads, measurement_grads, rows_per_chunk
+from ..grads import loss_grads, measurement_grads, rows_per_chunk
 from ..training import Run
+from .products import Plan, Term
 
 
-def grad_dot_scores(run: Run, query: Split) -> Tensor:
-    """[Q, N] in measurement units (see the module docstring)."""
+def grad_dot_plan(run: Run, query: Split, progress: bool = True) -> Plan:
+    """One term at the final parameters, scaled by the whole run's effective rate (module docstring)."""
     v = measurement_grads(run.model, run.task, run.final, query.to(run.final.dtype))
     rate = float(run.effective_lrs.sum())
-    return (-rate / run.num_train * gradient_products(run.model, run.task, run.final, run.train, v)).to(v.dtype)
+    return Plan(run.model, run.task, run.train, [Term(run.final, v, -rate / run.num_train)], len(query))
 
 
-def grad_cos_scores(run: Run, query: Split) -> Tensor:
+def grad_cos_scores(run: Run, query: Split, progress: bool = True) -> Tensor:
     """[Q, N], unitless cosines of the query-measurement and training-loss gradients, negated."""
     v = measurement_grads(run.model, run.task, run.final, query.to(run.final.dtype))
     v = v / v.norm(dim=1, keepdim=True).clamp(min=1e-30)
@@ -41,21 +46,25 @@ def grad_cos_scores(run: Run, query: Split) -> Tensor:
 def representations(run: Run, x: Tensor, theta: Tensor | None = None) -> Tensor:
     """Inputs of the model's last nn.Linear layer: [n, features]."""
     theta = run.final if theta is None else theta
-    linear = [m for m in run.model._template.modules() if isinstance(m, nn.Linear)]
+    linear = [name for name, m in run.model.network.named_modules() if isinstance(m, nn.Linear)]
     if not linear:
         raise ValueError("representation similarity needs a model whose head is an nn.Linear layer")
-    seen = []
-    handle = linear[-1].register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].detach()))
-    try:
-        with torch.no_grad():
-            torch.func.functional_call(run.model._template, run.model.unflatten(theta), (x.to(theta.dtype),))
-    finally:
-        handle.remove()
-    return seen[-1].reshape(len(x), -1)
+    return run.model.inputs_of(linear[-1], theta, x.to(theta.dtype)).reshape(len(x), -1)
 
 
-def representation_scores(run: Run, query: Split) -> Tensor:
-    """[Q, N], unitless cosine similarity of last-layer representations."""
-    hq = torch.nn.functional.normalize(representations(run, query.x), dim=1)
-    hi = torch.nn.functional.normalize(representations(run, run.train.x), dim=1)
-    return hq @ hi.T
+def _output_gradients(run: Run, data: Split, of_loss: bool) -> Tensor:
+    """d L(z_i)/d g_i (of_loss) or d f_q/d g_q per example, with g the model outputs: [n, o]."""
+    fn = run.task.loss if of_loss else run.task.measurement
+    data = data.to(run.final.dtype)
+    with torch.no_grad():
+        outputs = run.model(run.final, data.x)
+    return vmap(grad(lambda g, y: fn(g[None], y[None])[0]))(outputs, data.y)
+
+
+def representation_scores(run: Run, query: Split, progress: bool = True) -> Tensor:
+    """[Q, N], unitless, in [-1, 1] (see the module docstring)."""
+    hq = nn.functional.normalize(representations(run, query.x), dim=1)
+    hi = nn.functional.normalize(representations(run, run.train.x), dim=1)
+    dq = nn.functional.normalize(_output_gradients(run, query, of_loss=False), dim=1)
+    di = nn.functional.normalize(_output_gradients(run, run.train, of_loss=True), dim=1)
+    return -(hq @ hi.T) * (dq @ di.T)

@@ -1,4 +1,4 @@
-"""SOURCE: segmented stationary unrolling (Bae et al., NeurIPS 2024).
+"""SOURCE: segmented stationary unrolling (Bae et al., NeurIPS 2024; docs/maths.md, section 4).
 
 Split the T steps into L segments. In segment l (K_l steps, mean effective rate eta_l) replace the
 minibatch Hessians by their average Hbar_l over the segment's checkpoints and a point's gradient by
@@ -9,8 +9,9 @@ its average gbar_l(i). Then, with v = grad f_q(theta_T),
 
 computed as the query-side walk: for l = L..1, u = Fbar_l v, scores += u . gbar_l(i), v = Sbar_l v.
 ``form="power"`` uses (I - eta H)^K and sum_j (I - eta H)^j eta instead (exact unrolling for full-batch
-GD with one-step segments). ``fast=True`` (Fast-SOURCE) fits curvature and gradients once per segment,
-at the mean of its checkpoints. Units: the measurement's; removal of S predicts -sum_{i in S} score.
+GD without momentum, with one-step segments whose checkpoint is the parameters each step starts from).
+``fast=True`` (Fast-SOURCE) fits curvature and gradients once per segment, at the mean of its checkpoints.
+Units: the measurement's; removal of S predicts -sum_{i in S} score.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import curvature as curv
 from ..datasets import Split
-from ..grads import gradient_products, measurement_grads
+from ..grads import measurement_grads
 from ..training import Run
+from .products import Plan, Term
 
 
 @dataclass(frozen=True)
@@ -44,25 +45,36 @@ class Segment:
 def segments_of(run: Run, segments: int | Sequence[int]) -> list[Segment]:
     """Parse a segment spec: L (equal segments) or boundaries [0, b_1, ..., T], strictly increasing.
 
-    A checkpoint taken after s updates belongs to the segment with start <= s < stop (the final
-    parameters, s = T, to the last one). Every segment needs at least one checkpoint.
+    A checkpoint belongs to the segment holding the updates it stands for (``Run.checkpoint_placement``):
+    with "end" (the default) a checkpoint after s updates belongs to the segment with start < s <= stop,
+    so a segment's last checkpoint can be its end; with "start" and "middle", start <= s < stop (the
+    final parameters, s = T, go to the last segment). Every segment needs at least one checkpoint.
     """
     T = run.num_steps
+    if isinstance(segments, bool) or not isinstance(segments, int | Sequence | Tensor):
+        raise ValueError(f"segments must be a whole number L or a list of boundaries [0, ..., {T}], "
+                         f"got {segments!r}")
     if isinstance(segments, int):
         if not 1 <= segments <= T:
             raise ValueError(f"segments must be between 1 and the number of steps ({T}), got {segments}")
         bounds = [round(l * T / segments) for l in range(segments + 1)]
     else:
+        if any(isinstance(b, float) and not float(b).is_integer() for b in segments):
+            raise ValueError(f"segment boundaries must be whole step numbers, got {list(segments)}")
         bounds = [int(b) for b in segments]
         if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != T or any(
                 a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
             raise ValueError(f"segment boundaries must increase strictly from 0 to the run's {T} steps, "
                              f"got {bounds}")
     steps = run.checkpoint_steps.tolist()
+    ends = run.checkpoint_placement == "end"
     out = []
     for l, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
-        last = l == len(bounds) - 2
-        inside = tuple(c for c, s in enumerate(steps) if a <= s < b or (last and s == b))
+        first, last = l == 0, l == len(bounds) - 2
+        if ends:
+            inside = tuple(c for c, s in enumerate(steps) if a < s <= b or (first and s == a))
+        else:
+            inside = tuple(c for c, s in enumerate(steps) if a <= s < b or (last and s == b))
         if not inside:
             raise ValueError(
                 f"segment {l} (steps {a}..{b}) contains no checkpoint (checkpoints at steps {steps}); "
@@ -71,39 +83,57 @@ def segments_of(run: Run, segments: int | Sequence[int]) -> list[Segment]:
     return out
 
 
-def source_walk(run: Run, v: Tensor, segments: int | Sequence[int] = 3, curvature: str | curv.Kronecker = "ggn",
-                form: str = "exp", fast: bool = False, propagate: bool = False,
-                progress: bool = False) -> tuple[Tensor, Tensor | None]:
-    """The query-side walk over one run's segments, last to first.
+def check_curvature(H: curv.Curvature, form: str, segment: int) -> None:
+    """SOURCE's exp form needs a positive semi-definite curvature (see docs/curvature.md)."""
+    if form != "exp":
+        return
+    values = H.eigenvalues
+    low, high = float(values.min()), float(values.abs().max())
+    if H.num_params > values.numel():
+        low = min(low, H.floor)
+    if low < -1e-9 * max(high, 1e-300):
+        raise ValueError(
+            f"segment {segment}'s curvature has a negative eigenvalue ({low:.3g}); SOURCE assumes the curvature is "
+            "stationary within a segment, and exp(-eta K s) then grows without bound in that direction (real "
+            "training never does: the curvature moves away from it). Use a positive semi-definite curvature: "
+            "curvature='hessian_clipped' (negative eigenvalues set to 0), 'ggn', 'ekfac' or 'kfac'; "
+            "form='power' keeps the raw Hessian for exact full-batch identities")
+
+
+def source_walk(run: Run, v: Tensor, segments: int | Sequence[int] = 3, curvature: curv.CurvatureSpec = "ggn",
+                form: str = "exp", fast: bool = False, propagate: bool = False, progress: bool = True,
+                queries: int | None = None) -> tuple[Plan, Tensor | None]:
+    """The query-side walk over one run's segments, last to first (docs/maths.md, section 4).
 
     v: [Q, P] query gradients at the run's final parameters (for a stage of a pipeline: already carried
-    back through every later stage). Returns (scores [Q, N] in the convention above, float64 before
-    the -1/N; Sbar_1 ... Sbar_L v [Q, P], the query carried back to the run's initialisation, when
-    ``propagate`` else None)."""
+    back through every later stage). Returns (the plan of gradient-product terms: for segment l and each
+    of its checkpoints c, u_l = Fbar_l Sbar_{l+1} ... Sbar_L v with scale -1/(N C_l); Sbar_1 ... Sbar_L v
+    [Q, P], the query carried back to the run's initialisation, when ``propagate`` else None)."""
     parts = segments_of(run, segments)
-    data = run.train.to(run.final.dtype)
-    scores = torch.zeros(len(v), len(data), dtype=torch.float64, device=v.device)
+    data = run.train
     rates = run.effective_lrs
-    for seg in tqdm(parts[::-1], desc="SOURCE segments", disable=not progress, leave=False):
+    terms: list[Term] = []
+    for index, seg in tqdm(list(enumerate(parts))[::-1], desc="SOURCE segments", disable=not progress, leave=False):
         thetas = run.checkpoints[list(seg.checkpoints)]
         if fast:
             thetas = thetas.mean(0, keepdim=True)
         eta = float(rates[seg.start:seg.stop].mean())
-        H = curv.fit(curvature, run.model, run.task, thetas, data, run.recipe.weight_decay)
+        H = curv.fit(curvature, run.model, run.task, thetas, data, run.recipe.weight_decay, weights=run.weights,
+                     progress=progress)
+        check_curvature(H, form, index)
         fns = [curv.functions.learn(eta, seg.steps, form)]
-        if propagate or seg is not parts[0]:  # nothing before the earliest segment needs v
+        if propagate or index > 0:  # nothing before the earliest segment needs v
             fns.append(curv.functions.forget(eta, seg.steps, form))
         u, *rest = H.apply_many(fns, v)  # one rotation into the eigenbasis for both functions
         v = rest[0] if rest else v
-        scores += gradient_products(run.model, run.task, thetas, data, u)  # u . gbar_l(i)
-    return -scores / run.num_train, (v if propagate else None)
+        terms += [Term(theta, u, -1.0 / (run.num_train * len(thetas))) for theta in thetas]  # u . gbar_l(i)
+    return Plan(run.model, run.task, data, terms, len(v) if queries is None else queries), (v if propagate else None)
 
 
-def source_scores(run: Run, query: Split, segments: int | Sequence[int] = 3, curvature: str | curv.Kronecker = "ggn",
-                  form: str = "exp", fast: bool = False, progress: bool = False) -> Tensor:
-    """SOURCE scores [Q, N] from the run's checkpoints (see the module docstring)."""
+def source_plan(run: Run, query: Split, segments: int | Sequence[int] = 3, curvature: curv.CurvatureSpec = "ggn",
+                form: str = "exp", fast: bool = False, progress: bool = True) -> Plan:
+    """SOURCE's gradient-product terms from the run's checkpoints (see the module docstring)."""
     segments_of(run, segments)  # a bad spec fails before any gradient is computed
     dtype = run.final.dtype
     v = measurement_grads(run.model, run.task, run.final, query.to(dtype))
-    scores, _ = source_walk(run, v, segments, curvature, form, fast, progress=progress)
-    return scores.to(dtype)
+    return source_walk(run, v, segments, curvature, form, fast, progress=progress)[0]

@@ -2,10 +2,12 @@
 
     score[q, i] = -(1/N) sum_c W_c grad f_q(theta_c) . grad L(z_i, theta_c)
 
-W_c = the summed effective learning rate eta_k/(1 - momentum) of the steps checkpoint c stands for
-(the steps nearer to it than to any other checkpoint). Each point is in a batch |B|/N of the time,
-hence 1/N. This is SOURCE with no curvature (every segment forgets nothing and learns eta K g).
-Units: the measurement's.
+W_c = the summed effective learning rate eta_k/(1 - momentum) of the updates checkpoint c stands for
+(``checkpoint_rates``). Each point is in a batch |B|/N of the time, hence 1/N. Units: the measurement's.
+
+TracIn is close to SOURCE with the curvature set to zero (nothing is forgotten and a segment learns
+eta K g), but not equal to it: TracIn takes the query gradient at each checkpoint, SOURCE takes it once
+at the final parameters and carries it back through the segments.
 """
 
 from __future__ import annotations
@@ -14,30 +16,40 @@ import torch
 from torch import Tensor
 
 from ..datasets import Split
-from ..grads import gradient_products, measurement_grads
+from ..grads import measurement_grads
 from ..task import Task
 from ..training import Run
+from .products import Plan, Term
 
 
 def checkpoint_rates(run: Run) -> Tensor:
-    """W_c [C] float64: the effective rate summed over the steps nearest to each checkpoint."""
+    """W_c [C] float64: the effective rate eta_k/(1 - momentum) summed over the updates k that checkpoint c
+    stands for (``Run.checkpoint_placement``): "end" -- the updates since the previous checkpoint (and any
+    after the last); "start" -- the updates from it to the next (and any before the first); "middle" --
+    the updates nearer to it than to any other checkpoint. The W_c add up to the whole run's rate."""
     steps = run.checkpoint_steps.double()
     if len(steps) == 0:
         raise ValueError("TracIn needs checkpoints; train with checkpoints=6 (or more)")
-    bounds = torch.cat([steps.new_zeros(1), (steps[1:] + steps[:-1]) / 2, steps.new_full((1,), run.num_steps)])
-    k = torch.arange(run.num_steps, dtype=torch.float64) + 0.5
-    owner = torch.bucketize(k, bounds[1:-1])
+    T = run.num_steps
+    k = torch.arange(T, dtype=torch.float64)  # update k moves theta_k to theta_k+1
+    if run.checkpoint_placement == "end":
+        owner = torch.bucketize(k, steps[:-1], right=True)  # first c with k < s_c
+    elif run.checkpoint_placement == "start":
+        owner = (torch.bucketize(k, steps, right=True) - 1).clamp(min=0)  # last c with s_c <= k
+    else:
+        owner = torch.bucketize(k + 0.5, (steps[1:] + steps[:-1]) / 2)
     return torch.zeros(len(steps), dtype=torch.float64).index_add_(0, owner, run.effective_lrs.double())
 
 
-def tracin_scores(run: Run, query: Split, measure: Task | None = None) -> Tensor:
-    """TracIn scores [Q, N] over the run's checkpoints (see the module docstring). measure: the task
-    whose measurement f_q is attributed (default the run's; for an earlier stage of a pipeline, the
-    last stage's)."""
+def tracin_plan(run: Run, query: Split, query_task: Task | None = None, progress: bool = True) -> Plan:
+    """TracIn's terms over the run's checkpoints (see the module docstring). query_task: the task whose
+    measurement f_q is attributed (default the run's; for an earlier stage of a pipeline, the last
+    stage's)."""
     dtype = run.final.dtype
     query = query.to(dtype)
-    scores = torch.zeros(len(query), run.num_train, dtype=torch.float64, device=run.final.device)
+    terms = []
     for theta, rate in zip(run.checkpoints, checkpoint_rates(run).tolist(), strict=True):
-        v = measurement_grads(run.model, measure or run.task, theta, query)
-        scores += rate * gradient_products(run.model, run.task, theta, run.train, v)
-    return (-scores / run.num_train).to(dtype)
+        if rate > 0:
+            v = measurement_grads(run.model, query_task or run.task, theta, query)
+            terms.append(Term(theta, v, -rate / run.num_train))
+    return Plan(run.model, run.task, run.train, terms, len(query))

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..curvature.kronecker import LayerSlot, kronecker_layers
 from ..datasets import Split
 from ..grads import loss_grads, measurement_grads, rows_per_chunk
+from ..models import LayerSlot
 from ..training import Run
-from .influence import implied_damping
+from .influence import check_damping, implied_damping
 
 
 def _projections(slots: list[LayerSlot], size: int, seed: int, dtype, device) -> list[tuple[Tensor | None, ...]]:
@@ -51,22 +51,25 @@ def project(slots: list[LayerSlot], projections, v: Tensor) -> Tensor:
 
 
 def trak_scores(run: Run, query: Split, projection: int = 32, damping: float | str = "implied", seed: int = 0,
-                exclude: Sequence[str] = ()) -> Tensor:
+                exclude: Sequence[str] = (), progress: bool = True) -> Tensor:
     """TRAK scores [Q, N] of one run (see the module docstring). projection: kept rows/columns per side
-    of each layer's gradient matrix."""
-    if damping == "implied":
-        damping = implied_damping(run)
-    if isinstance(damping, str) or damping < 0:
-        raise ValueError(f"damping must be a number >= 0 or 'implied', got {damping!r}")
-    slots, _ = kronecker_layers(run.model, exclude)
+    of each layer's gradient matrix. damping: a number >= 0, "implied" (1 / sum_k eta_k/(1 - momentum))
+    or "heuristic" (0.1 x the kernel's mean eigenvalue). A weighted run's kernel weights point i by w_i."""
+    check_damping(damping)
+    slots, _ = run.model.layers(exclude)
     theta, dtype = run.final, run.final.dtype
     proj = _projections(slots, projection, seed, dtype, theta.device)
     data = run.train.to(dtype)
     chunk = rows_per_chunk(run.model.num_params)
     phi = torch.cat([project(slots, proj, loss_grads(run.model, run.task, theta, data.subset(slice(s, s + chunk))))
                      for s in range(0, len(data), chunk)]).double()  # [N, k]
-    kernel = phi.T @ phi / len(data) + float(damping) * torch.eye(phi.shape[1], dtype=torch.float64,
-                                                                  device=phi.device)
+    w = run.weights.double().to(phi.device)
+    gram = (phi * w[:, None]).T @ phi / len(data)
+    if damping == "implied":
+        damping = implied_damping(run)
+    elif damping == "heuristic":
+        damping = 0.1 * float(gram.diagonal().mean())
+    kernel = gram + float(damping) * torch.eye(phi.shape[1], dtype=torch.float64, device=phi.device)
     phi_q = project(slots, proj, measurement_grads(run.model, run.task, theta, query.to(dtype))).double()
     u = torch.linalg.solve(kernel, phi_q.T).T
     return (-(u @ phi.T) / len(data)).to(dtype)

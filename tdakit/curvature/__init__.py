@@ -1,8 +1,14 @@
-"""Curvature backends behind one interface (``apply(fn, v)``): dense Hessian, exact Gauss-Newton in
-sample space, and K-FAC / EK-FAC for nn.Linear and nn.Conv2d."""
+"""Curvature backends behind one interface (``Curvature``: eigenvalues and ``apply(fn, v)``).
+
+Registered backends (``BACKENDS``): "ggn" (exact Gauss-Newton in sample space), "hessian" (full, small
+models), "hessian_clipped" (its negative eigenvalues set to 0), "ekfac" and "kfac" (Kronecker-factored,
+nn.Linear and nn.Conv2d). ``Kronecker(...)`` passes K-FAC/EK-FAC options wherever a name is accepted.
+A new backend registers itself with ``@register("name")`` (docs/curvature.md).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -11,13 +17,18 @@ from ..datasets import Split
 from ..models import FlatModel
 from ..task import Task
 from . import functions
-from .base import EigenCurvature, EigenFunction, SampleSpaceCurvature
+from .base import (
+    BACKENDS,
+    Curvature,
+    EigenCurvature,
+    EigenFunction,
+    SampleSpaceCurvature,
+    fit,
+    mean_loss_eigenvalue,
+    register,
+)
 from .dense import ggn_curvature, hessian, hessian_curvature
-from .kronecker import KroneckerCurvature, kronecker_curvature, kronecker_layers
-
-KINDS = ("ggn", "hessian", "hessian_clipped", "ekfac", "kfac")
-
-Curvature = EigenCurvature | SampleSpaceCurvature | KroneckerCurvature
+from .kronecker import KroneckerCurvature, kronecker_curvature
 
 
 @dataclass(frozen=True)
@@ -37,30 +48,21 @@ class Kronecker:
     seed: int = 0
     include_weight_decay: bool = True
 
-    def fit(self, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float) -> KroneckerCurvature:
+    def fit(self, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
+            weights: Tensor | None = None, progress: bool = False) -> KroneckerCurvature:
         return kronecker_curvature(model, task, thetas, data, weight_decay if self.include_weight_decay else 0.0,
-                                   self.eigen_correction, self.fisher, self.exclude, self.chunk, self.seed)
+                                   self.eigen_correction, self.fisher, tuple(self.exclude), self.chunk, self.seed,
+                                   progress=progress, weights=weights)
 
 
-def fit(kind: str | Kronecker, model: FlatModel, task: Task, thetas: Tensor, data: Split,
-        weight_decay: float) -> Curvature:
-    """Curvature of the mean training loss (with weight decay), averaged over thetas [C, P].
-
-    kind: "ggn" (Gauss-Newton, exact in sample space), "hessian" (full, small P), "hessian_clipped"
-    (full, negative eigenvalues set to 0), "ekfac" / "kfac" (Kronecker-factored Gauss-Newton, any size),
-    or a ``Kronecker(...)`` with options.
-    """
-    if isinstance(kind, Kronecker):
-        return kind.fit(model, task, thetas, data, weight_decay)
-    if kind == "ggn":
-        return ggn_curvature(model, task, thetas, data, weight_decay)
-    if kind in ("hessian", "hessian_clipped"):
-        return hessian_curvature(model, task, thetas, data, weight_decay, clip_negative=kind == "hessian_clipped")
-    if kind in ("ekfac", "kfac"):
-        return Kronecker(eigen_correction=kind == "ekfac").fit(model, task, thetas, data, weight_decay)
-    raise ValueError(f"unknown curvature {kind!r}; choose one of {', '.join(KINDS)} or pass Kronecker(...)")
+CurvatureSpec = str | Kronecker
 
 
-__all__ = ["EigenCurvature", "SampleSpaceCurvature", "KroneckerCurvature", "Kronecker", "Curvature", "EigenFunction",
-           "fit", "functions", "ggn_curvature", "hessian", "hessian_curvature", "kronecker_curvature",
-           "kronecker_layers", "KINDS"]
+def names() -> Sequence[str]:
+    """The registered backend names."""
+    return tuple(BACKENDS)
+
+
+__all__ = ["Curvature", "CurvatureSpec", "EigenCurvature", "SampleSpaceCurvature", "KroneckerCurvature", "Kronecker",
+           "EigenFunction", "BACKENDS", "register", "fit", "names", "functions", "mean_loss_eigenvalue",
+           "ggn_curvature", "hessian", "hessian_curvature", "kronecker_curvature"]

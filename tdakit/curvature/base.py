@@ -1,18 +1,111 @@
-"""The one curvature interface: an eigenbasis, its eigenvalues, and apply(fn, v).
+"""The one curvature interface (the contract every backend meets) and the backend registry.
 
 Influence functions apply fn(s) = 1/(s + damping); SOURCE applies exp(-eta K s) and
-(1 - exp(-eta K s))/s. Any backend that can do ``apply`` can serve every method.
+(1 - exp(-eta K s))/s. Any backend that can do ``apply`` serves every method; docs/curvature.md says
+how to add one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from ..datasets import Split
+from ..models import FlatModel
+from ..task import Task
+
 EigenFunction = Callable[[Tensor], Tensor]
+"""fn(s) -> values: an elementwise function of a Tensor of eigenvalues s (weight decay included, float64
+or the backend's dtype, any shape), returning a Tensor of the same shape. It may instead offer
+``per_block(mean_loss_eigenvalue: float) -> EigenFunction``: backends then call it with the mean
+eigenvalue *without* the weight decay of each block (one block per layer for K-FAC/EK-FAC, the whole
+matrix otherwise) and apply what it returns (kronfluence's damping heuristic is one)."""
+
+
+def resolve(fn, mean_loss_eigenvalue: float) -> EigenFunction:
+    """The function to apply to one block: ``fn.per_block(mean)`` where fn offers it, else fn."""
+    per_block = getattr(fn, "per_block", None)
+    return per_block(mean_loss_eigenvalue) if per_block is not None else fn
+
+
+@runtime_checkable
+class Curvature(Protocol):
+    """What a curvature backend offers: a symmetric P x P matrix M (the curvature of the mean training
+    loss plus weight decay, averaged over one or several parameter vectors) seen through its eigenvalues.
+
+    To add a backend: write a class with these members, a function ``fit(model, task, thetas [C, P],
+    data, weight_decay, weights [N] or None, progress) -> your class``, and register the function with
+    ``@register("name")``; every method then accepts ``curvature="name"`` (docs/curvature.md).
+    """
+
+    num_params: int
+    floor: float  # the eigenvalue of every direction the backend does not store
+    weight_decay: float  # how much weight decay M includes (in every eigenvalue)
+
+    @property
+    def eigenvalues(self) -> Tensor:
+        """The stored eigenvalues, ``floor`` included: [r] (r <= P; the other P - r equal ``floor``)."""
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the backend's tensors, in bytes."""
+
+    def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
+        """fn(M) v for v [..., P]; returned in v's dtype."""
+
+    def apply_many(self, fns: list[EigenFunction], v: Tensor) -> list[Tensor]:
+        """[fn(M) v for fn in fns], rotating v into the eigenbasis once."""
+
+    def dense(self) -> Tensor:
+        """M itself [P, P] (small models: tests and plots)."""
+
+
+Fit = Callable[..., Curvature]
+BACKENDS: dict[str, Fit] = {}
+
+
+def register(name: str) -> Callable[[Fit], Fit]:
+    """Decorator: make a fitting function available as ``curvature=name`` everywhere."""
+    def add(fit: Fit) -> Fit:
+        if name in BACKENDS:
+            raise ValueError(f"a curvature backend named {name!r} is already registered")
+        BACKENDS[name] = fit
+        return fit
+    return add
+
+
+def fit(kind, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
+        weights: Tensor | None = None, progress: bool = False) -> Curvature:
+    """Curvature of the mean weighted training loss (1/N) sum_i w_i L(z_i) + weight decay, averaged over
+    thetas [C, P]. kind: a registered name (``BACKENDS``: "ggn", "hessian", "hessian_clipped", "ekfac",
+    "kfac", ...) or an options object with the same ``fit`` method (``Kronecker(...)``)."""
+    weights = check_weights(weights, len(data))
+    if isinstance(kind, str):
+        if kind not in BACKENDS:
+            raise ValueError(f"unknown curvature {kind!r}; choose one of {', '.join(BACKENDS)} or pass "
+                             "Kronecker(...)")
+        return BACKENDS[kind](model, task, thetas, data, weight_decay, weights=weights, progress=progress)
+    if not callable(getattr(kind, "fit", None)):
+        raise ValueError(f"curvature must be a name ({', '.join(BACKENDS)}) or an options object with a fit "
+                         f"method, got {kind!r}")
+    return kind.fit(model, task, thetas, data, weight_decay, weights=weights, progress=progress)
+
+
+def check_weights(weights: Tensor | None, n: int) -> Tensor | None:
+    """None for an unweighted run (all ones), else the weights [N], checked (>= 0: a curvature)."""
+    if weights is None:
+        return None
+    weights = torch.as_tensor(weights)
+    if weights.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},), got {tuple(weights.shape)}")
+    if (weights < 0).any():
+        raise ValueError("curvature needs non-negative training weights (a negative weight makes the loss "
+                         "curvature indefinite); attribute a run trained with weights >= 0")
+    return None if bool((weights == 1).all()) else weights
 
 
 @dataclass
@@ -26,6 +119,7 @@ class EigenCurvature:
     eigenvectors: Tensor
     eigenvalues: Tensor
     floor: float = 0.0
+    weight_decay: float = 0.0
 
     @property
     def num_params(self) -> int:
@@ -34,6 +128,10 @@ class EigenCurvature:
     @property
     def rank(self) -> int:
         return self.eigenvectors.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.eigenvectors, self.eigenvalues))
 
     def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
         """fn(M) v for v [..., P] (computed in the eigenvectors' dtype, returned in v's)."""
@@ -46,8 +144,9 @@ class EigenCurvature:
         coeff = x @ V  # [..., r]
         rest = x - coeff @ V.T if self.rank < self.num_params else None
         values = self.eigenvalues.to(V.dtype)
+        mean = mean_loss_eigenvalue(self)
         outs = []
-        for fn in fns:
+        for fn in map(lambda f: resolve(f, mean), fns):
             out = (coeff * fn(values)) @ V.T
             if rest is not None:
                 out = out + fn(torch.tensor(self.floor, dtype=V.dtype, device=V.device)) * rest
@@ -72,6 +171,7 @@ class SampleSpaceCurvature:
     gram_vectors: Tensor
     gram_values: Tensor
     floor: float = 0.0
+    weight_decay: float = 0.0
 
     @property
     def eigenvalues(self) -> Tensor:
@@ -85,6 +185,10 @@ class SampleSpaceCurvature:
     def rank(self) -> int:
         return len(self.gram_values)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.factor, self.gram_vectors, self.gram_values))
+
     def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
         """fn(M) v for v [..., P] = fn(floor) v + V (fn(sigma + floor) - fn(floor)) V^T v."""
         return self.apply_many([fn], v)[0]
@@ -93,8 +197,9 @@ class SampleSpaceCurvature:
         """[fn(M) v for fn in fns], with one pass over the factor A into sample space for all of them."""
         A, U, sigma = self.factor, self.gram_vectors, self.gram_values
         coeff = (v.to(A.dtype) @ A.T).double() @ U  # sigma^{1/2} V^T v
+        mean = mean_loss_eigenvalue(self)
         outs = []
-        for fn in fns:
+        for fn in map(lambda f: resolve(f, mean), fns):
             f_floor = fn(torch.tensor(self.floor, dtype=torch.float64, device=A.device))
             gain = (fn(sigma + self.floor) - f_floor) / sigma
             back = ((coeff * gain) @ U.T).to(A.dtype) @ A
@@ -104,3 +209,11 @@ class SampleSpaceCurvature:
     def dense(self) -> Tensor:
         eye = torch.eye(self.num_params, dtype=torch.float64, device=self.factor.device)
         return self.apply(lambda s: s, eye)
+
+
+def mean_loss_eigenvalue(curvature) -> float:
+    """trace / P of a backend's matrix, less its weight decay (directions outside a low-rank part count
+    with the ``floor``)."""
+    values = curvature.eigenvalues
+    missing = curvature.num_params - values.numel()
+    return float((values.sum() + missing * curvature.floor) / curvature.num_params) - curvature.weight_decay

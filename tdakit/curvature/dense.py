@@ -1,11 +1,11 @@
-"""Dense curvature of the mean training loss J(theta) = mean_i L(z_i, theta) + wd/2 |theta|^2.
+"""Dense curvature of the mean training loss J(theta) = (1/N) sum_i w_i L(z_i, theta) + wd/2 |theta|^2.
 
 - ``hessian_curvature``: the full Hessian, built column-chunk by column-chunk from Hessian-vector
   products and eigendecomposed in float64. Small models only (P up to a few thousand).
 - ``ggn_curvature``: the Gauss-Newton matrix G = mean_i A_i^T A_i + wd I, exactly, in sample space:
-  with A the stacked factors [r0 = n*o*C, P], the nonzero spectrum of A^T A / n equals that of the small
-  Gram matrix A A^T / n (its eigenvectors A^T u / sqrt(n sigma) are applied, never formed).
-  Affordable whenever n*o*C is a few thousand, whatever P (the paper's 34k-parameter Concrete MLP).
+  with A the stacked factors [n*o*C, P] (examples x outputs x checkpoints rows), the nonzero spectrum of
+  A^T A equals that of the small Gram matrix A A^T (its eigenvectors are applied through A, never
+  formed). Affordable whenever n*o*C is a few thousand, whatever P (the paper's 34k-parameter MLP).
 Both average over several parameter vectors (a segment's checkpoints) when given thetas [C, P].
 """
 
@@ -19,24 +19,26 @@ from ..datasets import Split
 from ..grads import output_jacobians
 from ..models import FlatModel
 from ..task import Task
-from .base import EigenCurvature, SampleSpaceCurvature
+from .base import EigenCurvature, SampleSpaceCurvature, register
 
 MAX_DENSE_PARAMS = 12_000
 
 
 def hessian(model: FlatModel, task: Task, theta: Tensor, data: Split, weight_decay: float,
-            chunk: int = 256) -> Tensor:
-    """The Hessian of J at theta: [P, P], in theta's dtype."""
+            chunk: int = 256, weights: Tensor | None = None) -> Tensor:
+    """The Hessian of J at theta: [P, P], in theta's dtype (weights [N]: the run's w_i, default ones)."""
     P = theta.numel()
     if P > MAX_DENSE_PARAMS:
         raise ValueError(
             f"a dense Hessian of {P} parameters needs {P * P * 8 / 2**30:.1f} GiB and an O(P^3) "
             f"eigendecomposition; use curvature='ggn' (exact in sample space) or a narrower model "
             f"(at most {MAX_DENSE_PARAMS} parameters)")
-    data = data.to(theta.dtype)
+    data = data.to(theta.dtype, theta.device)
+    w = None if weights is None else weights.to(theta.dtype).to(theta.device)
 
     def mean_loss(th):
-        return task.loss(model(th, data.x), data.y).mean()
+        losses = task.loss(model(th, data.x), data.y)
+        return losses.mean() if w is None else (w * losses).sum() / len(losses)
 
     grad_fn = grad(mean_loss)
 
@@ -50,36 +52,57 @@ def hessian(model: FlatModel, task: Task, theta: Tensor, data: Split, weight_dec
 
 
 def hessian_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
-                      clip_negative: bool = False) -> EigenCurvature:
+                      clip_negative: bool = False, weights: Tensor | None = None,
+                      progress: bool = False) -> EigenCurvature:
     """Eigendecomposition (float64) of the Hessian averaged over thetas [C, P].
 
     clip_negative: set negative eigenvalues to 0. A nonconvex network's Hessian has some; SOURCE's
     exp(-eta K s) then grows like exp(eta K |s|), an amplification real training never shows because
-    the curvature is not stationary there. Keep them (the default) for exact identities.
+    the curvature is not stationary there (SOURCE refuses such curvature; see docs/curvature.md). Keep
+    them (the default) for exact identities such as the power form.
     """
     thetas = thetas.reshape(-1, thetas.shape[-1])
-    H = sum(hessian(model, task, th, data, weight_decay).double() for th in thetas) / len(thetas)
+    H = sum(hessian(model, task, th, data, weight_decay, weights=weights).double() for th in thetas) / len(thetas)
     evals, evecs = torch.linalg.eigh(H)
-    return EigenCurvature(evecs, evals.clamp(min=0) if clip_negative else evals, floor=0.0)
+    return EigenCurvature(evecs, evals.clamp(min=0) if clip_negative else evals, floor=0.0,
+                          weight_decay=float(weight_decay))
 
 
+@register("hessian")
+def _fit_hessian(model, task, thetas, data, weight_decay, weights=None, progress=False) -> EigenCurvature:
+    return hessian_curvature(model, task, thetas, data, weight_decay, weights=weights)
+
+
+@register("hessian_clipped")
+def _fit_hessian_clipped(model, task, thetas, data, weight_decay, weights=None, progress=False) -> EigenCurvature:
+    return hessian_curvature(model, task, thetas, data, weight_decay, clip_negative=True, weights=weights)
+
+
+@register("ggn")
 def ggn_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
-                  rtol: float = 1e-9, chunk: int = 2048) -> SampleSpaceCurvature:
+                  rtol: float = 1e-9, chunk: int = 2048, weights: Tensor | None = None,
+                  progress: bool = False) -> SampleSpaceCurvature:
     """The exact Gauss-Newton matrix averaged over thetas [C, P], in sample space.
 
     Holds A [n*o*C, P] in theta's dtype; the Gram matrix and its eigendecomposition are float64.
     Gram eigenvalues below rtol * largest are treated as zero (their directions join the weight-decay
-    floor).
+    floor). weights [N]: the run's w_i (row i of A is scaled by sqrt(w_i)).
     """
     thetas = thetas.reshape(-1, thetas.shape[-1])
     n, C = len(data), len(thetas)
-    first = output_jacobians(model, task, thetas[0], data).flatten(0, 1)
+    scale = None if weights is None else weights.to(thetas.dtype).to(thetas.device).sqrt()
+
+    def factor(theta: Tensor) -> Tensor:
+        a = output_jacobians(model, task, theta, data)  # [n, o, P]
+        return (a if scale is None else a * scale[:, None, None]).flatten(0, 1)
+
+    first = factor(thetas[0])
     rows, P = len(first) * C, first.shape[1]
     A = first.new_empty(rows, P)  # filled in place: one copy of the factor, not three
     A[:len(first)] = first
     del first
     for c in range(1, C):
-        A[c * rows // C:(c + 1) * rows // C] = output_jacobians(model, task, thetas[c], data).flatten(0, 1)
+        A[c * rows // C:(c + 1) * rows // C] = factor(thetas[c])
     A.mul_((n * C) ** -0.5)  # G - wd I = A^T A
     gram = torch.zeros(rows, rows, dtype=torch.float64, device=A.device)
     for s in range(0, P, chunk):  # accumulate over parameter blocks: never a float64 copy of A
@@ -87,4 +110,5 @@ def ggn_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split, wei
         gram += block @ block.T
     sigma, U = torch.linalg.eigh(gram)
     keep = sigma > rtol * sigma.max().clamp(min=1e-300)
-    return SampleSpaceCurvature(A, U[:, keep], sigma[keep], floor=weight_decay)
+    return SampleSpaceCurvature(A, U[:, keep], sigma[keep], floor=float(weight_decay),
+                                weight_decay=float(weight_decay))

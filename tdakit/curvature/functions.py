@@ -52,19 +52,17 @@ def learn(eta: float, steps: float, form: str = "exp"):
     return fn
 
 
-class relative_inverse:  # noqa: N801  (used like the function factories above)
-    """1 / (s + relative * mean(s)), the mean taken per layer for Kronecker curvature (``for_layer``):
-    kronfluence's default damping heuristic."""
+class relative_damping:  # noqa: N801  (used like the function factories above)
+    """1 / (s + relative * mean loss eigenvalue): the damping is ``relative`` times the mean eigenvalue of
+    the loss curvature, weight decay excluded, per block (per layer for K-FAC/EK-FAC, the whole matrix
+    otherwise). With the weight decay left out of the curvature too (``Kronecker(include_weight_decay=
+    False)``), this is exactly kronfluence's default heuristic."""
 
     def __init__(self, relative: float = 0.1):
         self.relative = relative
 
-    def for_layer(self, eigenvalues: Tensor):
-        return inverse(self.relative * float(eigenvalues.mean()))
+    def per_block(self, mean_loss_eigenvalue: float):
+        return inverse(self.relative * mean_loss_eigenvalue)
 
-
-def mean_eigenvalue(curvature) -> Tensor:
-    """trace / P of a curvature backend (the floor counts for directions outside a low-rank part)."""
-    values = curvature.eigenvalues
-    missing = curvature.num_params - values.numel()
-    return (values.sum() + missing * curvature.floor) / curvature.num_params
+    def __call__(self, s: Tensor) -> Tensor:
+        raise TypeError("relative_damping depends on the curvature block; pass it to a backend's apply")

@@ -27,124 +27,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch import Tensor
+from torch.func import vmap
 from tqdm.auto import tqdm
 
 from ..datasets import Split
 from ..grads import psd_sqrt
-from ..models import FlatModel
+from ..models import FlatModel, LayerSlot
 from ..task import Task
-from .base import EigenFunction
+from .base import EigenFunction, register, resolve
 
 FISHERS = ("ggn", "true", "empirical")
-SUPPORTED = (nn.Linear, nn.Conv2d)
-
-
-@dataclass(frozen=True)
-class LayerSlot:
-    """Where a supported layer's parameters sit in the flat theta, and how to read its inputs."""
-
-    name: str
-    module: nn.Module = field(repr=False, compare=False)
-    weight: slice
-    bias: slice | None
-    out_dim: int
-    in_dim: int  # columns of the layer matrix, the bias column included
-
-    def matrix(self, v: Tensor) -> Tensor:
-        """v [..., P] -> this layer's block as a matrix [..., out, in]."""
-        w = v[..., self.weight].reshape(*v.shape[:-1], self.out_dim, -1)
-        if self.bias is None:
-            return w
-        return torch.cat([w, v[..., self.bias, None]], -1)
-
-    def scatter(self, m: Tensor, out: Tensor) -> None:
-        """Write a matrix [..., out, in] back into the flat out [..., P]."""
-        cols = self.in_dim - (self.bias is not None)
-        out[..., self.weight] = m[..., :cols].reshape(*m.shape[:-2], -1)
-        if self.bias is not None:
-            out[..., self.bias] = m[..., cols]
-
-    def inputs(self, x: Tensor) -> Tensor:
-        """The layer's input -> a [n, T, in] (patches for Conv2d, a ones column for the bias)."""
-        if isinstance(self.module, nn.Conv2d):
-            c = self.module
-            x = F.unfold(x, c.kernel_size, dilation=c.dilation, padding=c.padding, stride=c.stride).transpose(1, 2)
-        else:
-            x = x.reshape(x.shape[0], -1, x.shape[-1])
-        if self.bias is not None:
-            x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1)
-        return x
-
-    def output_grads(self, d: Tensor) -> Tensor:
-        """Gradient w.r.t. the layer output -> d [n, T, out]."""
-        if isinstance(self.module, nn.Conv2d):
-            return d.flatten(2).transpose(1, 2)
-        return d.reshape(d.shape[0], -1, d.shape[-1])
-
-
-def kronecker_layers(model: FlatModel, exclude: Sequence[str] = ()) -> tuple[list[LayerSlot], list[slice]]:
-    """The supported layers of ``model`` and the flat slices of the excluded ones.
-
-    Raises a ValueError naming any layer with parameters that is neither supported nor excluded.
-    """
-    offsets, start = {}, 0
-    for name, size in zip(model.names, model.sizes, strict=True):
-        offsets[name] = slice(start, start + size)
-        start += size
-    exclude = set(exclude)
-    unknown = exclude - {name for name, _ in model._template.named_modules()}
-    if unknown:
-        raise ValueError(f"exclude names {sorted(unknown)} that are not layers of the model; layer names: "
-                         f"{[n for n, m in model._template.named_modules() if list(m.parameters(recurse=False))]}")
-    slots, excluded = [], []
-    for name, module in model._template.named_modules():
-        own = [p for p, _ in module.named_parameters(recurse=False)]
-        if not own:
-            continue
-        full = {p: offsets[f"{name}.{p}" if name else p] for p in own}
-        if name in exclude:
-            excluded += list(full.values())
-            continue
-        label = name or "the model itself"
-        if not isinstance(module, SUPPORTED):
-            raise ValueError(
-                f"layer {label!r} ({type(module).__name__}) has parameters but no Kronecker-factored form; "
-                f"K-FAC/EK-FAC support nn.Linear and nn.Conv2d. Pass exclude=[{name!r}] to leave its "
-                "parameters out of the attribution (their scores contributions become 0)")
-        if isinstance(module, nn.Conv2d) and (module.groups != 1 or isinstance(module.padding, str)
-                                              or module.padding_mode != "zeros"):
-            raise ValueError(f"layer {label!r}: K-FAC supports Conv2d with groups=1, numeric padding and "
-                             "padding_mode='zeros'; exclude it or use an equivalent layer")
-        out_dim = module.weight.shape[0]
-        in_dim = module.weight[0].numel() + (module.bias is not None)
-        slots.append(LayerSlot(name, module, full["weight"], full.get("bias"), out_dim, in_dim))
-    if not slots:
-        raise ValueError("the model has no nn.Linear or nn.Conv2d layer left to factor")
-    return slots, excluded
-
-
-def _taps(model: FlatModel, slots: list[LayerSlot], theta: Tensor, x: Tensor):
-    """Forward pass that records every slot's input a [n, T, in] and keeps its output for autograd."""
-    records: dict[str, tuple[Tensor, Tensor]] = {}
-
-    def hook(slot):
-        return lambda _module, inputs, output: records.__setitem__(slot.name, (inputs[0].detach(), output))
-
-    module = model._template
-    handles = [module.get_submodule(s.name).register_forward_hook(hook(s)) for s in slots]
-    try:
-        with torch.enable_grad():
-            theta = theta.detach().requires_grad_(True)
-            outputs = functional_call(module, model.unflatten(theta), (x,))
-    finally:
-        for h in handles:
-            h.remove()
-    inputs = [slots[i].inputs(records[s.name][0]) for i, s in enumerate(slots)]
-    layer_outputs = [records[s.name][1] for s in slots]
-    return outputs, inputs, layer_outputs
 
 
 def _output_directions(task: Task, outputs: Tensor, targets: Tensor, fisher: str,
@@ -169,15 +62,16 @@ def layer_gradient_factors(model: FlatModel, task: Task, theta: Tensor, data: Sp
     """For one chunk of data: per slot, inputs a [n, T, in] and, per output direction k, output
     gradients d [K, n, T, out]. With fisher="empirical", G_i = sum_t d[0, i, t] a[i, t]^T is example
     i's gradient of the layer matrix (per-example gradients from hooks)."""
-    slots = slots if slots is not None else kronecker_layers(model)[0]
-    outputs, inputs, layer_outputs = _taps(model, slots, theta, data.x)
+    slots = slots if slots is not None else model.layers()[0]
+    outputs, inputs, layer_outputs = model.tap(theta, data.x, slots)
     directions = _output_directions(task, outputs, data.y, fisher, generator)
+    flat_outputs = [out for calls in layer_outputs for out in calls]
     grads = [[] for _ in slots]
     for k, r in enumerate(directions):
-        got = torch.autograd.grad(outputs, layer_outputs, grad_outputs=r.to(outputs.dtype),
-                                  retain_graph=k < len(directions) - 1)
-        for i, (slot, d) in enumerate(zip(slots, got, strict=True)):
-            grads[i].append(slot.output_grads(d))
+        got = iter(torch.autograd.grad(outputs, flat_outputs, grad_outputs=r.to(outputs.dtype),
+                                       retain_graph=k < len(directions) - 1))
+        for i, (slot, calls) in enumerate(zip(slots, layer_outputs, strict=True)):
+            grads[i].append(torch.cat([slot.output_grads(next(got)) for _ in calls], 1))  # calls as positions
     return inputs, [torch.stack(g) for g in grads]
 
 
@@ -203,6 +97,10 @@ class KroneckerCurvature:
     excluded: list[slice] = field(default_factory=list)
 
     @property
+    def weight_decay(self) -> float:
+        return self.floor
+
+    @property
     def eigenvalues(self) -> Tensor:
         """All eigenvalues [P - excluded], weight decay included (float64)."""
         return torch.cat([l.eigenvalues.flatten() for l in self.layers]) + self.floor
@@ -214,9 +112,7 @@ class KroneckerCurvature:
 
     def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
         """fn(M) v for v [..., P], layer by layer: Q_S [fn(Lambda + floor) * (Q_S^T V Q_A)] Q_A^T.
-
-        fn may be a plain function of eigenvalues, or have ``for_layer(eigenvalues) -> function`` for a
-        per-layer choice (e.g. damping relative to the layer's mean eigenvalue)."""
+        Parameters of excluded layers get 0. A function with ``per_block`` is resolved per layer."""
         return self.apply_many([fn], v)[0]
 
     def apply_many(self, fns: list, v: Tensor) -> list[Tensor]:
@@ -227,7 +123,7 @@ class KroneckerCurvature:
             QA, QS = layer.A_vectors.to(v.dtype), layer.S_vectors.to(v.dtype)
             rotated = QS.T @ layer.slot.matrix(v) @ QA
             for fn, out in zip(fns, outs, strict=True):
-                f = fn.for_layer(values) if hasattr(fn, "for_layer") else fn
+                f = resolve(fn, float(layer.eigenvalues.mean()))
                 layer.slot.scatter(QS @ (rotated * f(values).to(v.dtype)) @ QA.T, out)
         return outs
 
@@ -244,25 +140,33 @@ def _symmetric_eigh(m: Tensor) -> tuple[Tensor, Tensor]:
 
 def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
                         eigen_correction: bool = True, fisher: str = "ggn", exclude: Sequence[str] = (),
-                        chunk: int = 512, seed: int = 0, progress: bool = False) -> KroneckerCurvature:
+                        chunk: int = 512, seed: int = 0, progress: bool = False,
+                        weights: Tensor | None = None) -> KroneckerCurvature:
     """EK-FAC (eigen_correction=True) or K-FAC curvature averaged over thetas [C, P].
 
     Factors A and S are averaged over every theta and example, eigendecomposed once (float64), then
     EK-FAC's eigenvalues are averaged over the same thetas and examples in that fixed basis (SOURCE's
-    segment average). See the module docstring for ``fisher``.
+    segment average). See the module docstring for ``fisher``. weights [N]: the run's w_i; example i's
+    output gradients are scaled by sqrt(w_i) (so S and the eigenvalues carry w_i) and A is the
+    w-weighted mean of its inputs, which keeps a single example's block exact.
     """
     if fisher not in FISHERS:
         raise ValueError(f"unknown fisher {fisher!r}; choose one of {', '.join(FISHERS)}")
-    slots, excluded = kronecker_layers(model, exclude)
+    slots, excluded = model.layers(exclude)
     thetas = thetas.reshape(-1, thetas.shape[-1])
     data = data.to(thetas.dtype, thetas.device)
     n, count = len(data), len(thetas) * len(data)
     pieces = [(c, s) for c in range(len(thetas)) for s in range(0, n, chunk)]
+    w = None if weights is None else weights.to(thetas.dtype).to(thetas.device)
+    a_count = count if w is None else len(thetas) * float(w.sum())
 
     def factors(c: int, s: int):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + c * 10_007 + s)
-        return layer_gradient_factors(model, task, thetas[c], data.subset(slice(s, s + chunk)), fisher,
-                                      slots, generator)
+        inputs, grads = layer_gradient_factors(model, task, thetas[c], data.subset(slice(s, s + chunk)), fisher,
+                                               slots, generator)
+        if w is not None:  # G_i = sqrt(w_i) d a^T carries w_i into S and the eigenvalues
+            grads = [d * w[s:s + chunk].sqrt()[None, :, None, None] for d in grads]
+        return inputs, grads
 
     f64 = {"dtype": torch.float64, "device": thetas.device}
     A = [torch.zeros(sl.in_dim, sl.in_dim, **f64) for sl in slots]
@@ -270,9 +174,10 @@ def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Spli
     for c, s in tqdm(pieces, desc="K-FAC factors", disable=not progress, leave=False):
         inputs, grads = factors(c, s)
         for i, (a, d) in enumerate(zip(inputs, grads, strict=True)):
-            A[i] += torch.einsum("nti,ntj->ij", a, a).double() / a.shape[1]
+            aw = a if w is None else a * w[s:s + chunk, None, None]  # A: the w-weighted mean of a a^T
+            A[i] += torch.einsum("nti,ntj->ij", aw, a).double() / a.shape[1]
             S[i] += torch.einsum("knto,kntp->op", d, d).double()
-    eig_A = [_symmetric_eigh(m / count) for m in A]
+    eig_A = [_symmetric_eigh(m / a_count) for m in A]
     eig_S = [_symmetric_eigh(m / count) for m in S]
 
     if not eigen_correction:
@@ -292,3 +197,13 @@ def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Spli
         values = [v / count for v in values]
     layers = [KroneckerLayer(sl, ea[1], es[1], v) for sl, ea, es, v in zip(slots, eig_A, eig_S, values, strict=True)]
     return KroneckerCurvature(layers, model.num_params, float(weight_decay), excluded)
+
+
+@register("ekfac")
+def _fit_ekfac(model, task, thetas, data, weight_decay, weights=None, progress=False) -> KroneckerCurvature:
+    return kronecker_curvature(model, task, thetas, data, weight_decay, True, weights=weights, progress=progress)
+
+
+@register("kfac")
+def _fit_kfac(model, task, thetas, data, weight_decay, weights=None, progress=False) -> KroneckerCurvature:
+    return kronecker_curvature(model, task, thetas, data, weight_decay, False, weights=weights, progress=progress)

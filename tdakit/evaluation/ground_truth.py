@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .. import store
 from ..datasets import Split
 from ..grads import measurements
-from ..training import Run, seed_of
+from ..training import Run, models_per_chunk, seed_of
 from .retrain import retrain
 
 
@@ -57,37 +57,55 @@ def run_key(run: Run) -> tuple:
 
 
 def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.5, seeds: int = 5,
-                seed: int = 0, chunk: int = 250, cache=None, progress: bool = True) -> GroundTruth:
-    """Retrain subsets x seeds models with the run's recipe; see the module docstring."""
+                seed: int = 0, chunk: int | None = None, cache: store.CacheSpec = True,
+                progress: bool = True) -> GroundTruth:
+    """Retrain ``subsets`` x ``seeds`` models with the run's recipe; see the module docstring.
+
+    chunk: jobs per cached piece (default: as many as train together in one vmap batch, so an
+    interruption loses at most one batch). cache: True ($TDAKIT_CACHE or ~/.cache/tdakit), a folder,
+    or False."""
+    check_counts(subsets, seeds, len(query))
     masks = random_subsets(run.num_train, subsets, fraction, seed)
 
-    def retrain_jobs(keep: Tensor, init_seeds: list[int], order_seeds: list[int]) -> Tensor:
-        return retrain(run, keep, init_seeds=init_seeds, order_seeds=order_seeds, progress=False)
+    def retrain_jobs(keep: Tensor, init_seeds: list[int], order_seeds: list[int], on_step) -> Tensor:
+        return retrain(run, keep, init_seeds=init_seeds, order_seeds=order_seeds, progress=False, on_step=on_step)
 
     def measure(theta: Tensor) -> Tensor:
         return measurements(run.model, run.task, theta, query.to(device=theta.device))
 
     key = store.key_of("groundtruth", run_key(run), query.fingerprint(), subsets, fraction, seed)
+    chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype)
     return collect(masks, seeds, seed, retrain_jobs, measure, key, chunk, cache, progress, "ground truth (models)")
 
 
-def collect(masks: Tensor, seeds: int, seed: int, retrain_jobs: Callable[[Tensor, list[int], list[int]], Tensor],
-            measure: Callable[[Tensor], Tensor], key: str, chunk: int, cache, progress: bool,
+def check_counts(subsets: int, seeds: int, queries: int) -> None:
+    """Raise a clear error for a ground truth that would be empty or unjudgeable."""
+    for name, value, least in (("subsets", subsets, 2), ("seeds", seeds, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    if queries == 0:
+        raise ValueError("the query split is empty; pass at least one query")
+
+
+def collect(masks: Tensor, seeds: int, seed: int, retrain_jobs: Callable[..., Tensor],
+            measure: Callable[[Tensor], Tensor], key: str, chunk: int, cache: store.CacheSpec, progress: bool,
             desc: str) -> GroundTruth:
-    """Run every (subset m, seed r) job through ``retrain_jobs(keep [J, N], init_seeds, order_seeds) ->
-    theta [J, P]`` in chunks, measure them (``measure(theta) -> [J, Q]``) and cache each chunk atomically
-    under ``key`` and the jobs it holds. Jobs run seed by seed, so asking again with more seeds reuses
-    every chunk already computed."""
+    """Run every (subset m, seed r) job through ``retrain_jobs(keep [J, N], init_seeds, order_seeds,
+    on_step) -> theta [J, P]`` in chunks, measure them (``measure(theta) -> [J, Q]``) and cache each chunk
+    atomically under ``key`` and the jobs it holds. Jobs run seed by seed, so asking again with more seeds
+    reuses every chunk already computed. The progress bar counts models and moves with every training step."""
     subsets = len(masks)
     jobs = [(m, r) for r in range(seeds) for m in range(subsets)]
     values = None
-    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress, unit="model",
+               bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}]")
     for start in range(0, len(jobs), chunk):
         part = jobs[start:start + chunk]
+        done_before = bar.n
 
         def compute(part=part) -> dict:
             theta = retrain_jobs(masks[[m for m, _ in part]], [seed_of("init", seed, r) for _, r in part],
-                                 [seed_of("order", seed, m, r) for m, r in part])
+                                 [seed_of("order", seed, m, r) for m, r in part], bar.update)
             return {"values": measure(theta).cpu()}
 
         got = store.cached(cache, "groundtruth", store.key_of(key, part), compute)["values"]
@@ -95,6 +113,6 @@ def collect(masks: Tensor, seeds: int, seed: int, retrain_jobs: Callable[[Tensor
             values = torch.empty(subsets, seeds, got.shape[1], dtype=got.dtype)
         for (m, r), row in zip(part, got, strict=True):
             values[m, r] = row
-        bar.update(len(part))
+        bar.update(done_before + len(part) - bar.n)  # exact count (a cached chunk arrives at once)
     bar.close()
     return GroundTruth(masks, values)

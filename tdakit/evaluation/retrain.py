@@ -8,6 +8,8 @@ init and batch order and sets w_i = 0 for removed points (trajectory-specific co
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -15,10 +17,10 @@ from ..training import Run, batch_order, models_per_chunk, train_many
 
 
 def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None = None, progress: bool = True,
-            desc: str = "retrain") -> Tensor:
+            desc: str = "retrain", on_step: Callable[[float], object] | None = None) -> Tensor:
     """keep: bool [J, N]; init_seeds, order_seeds: J ints. Returns final parameters [J, P].
 
-    chunk: models trained together (default: models_per_chunk)."""
+    chunk: models trained together (default: models_per_chunk). on_step: see ``train_many``."""
     keep = torch.as_tensor(keep, dtype=torch.bool)
     if keep.dim() != 2 or keep.shape[1] != run.num_train:
         raise ValueError(f"keep must be a bool mask [J, {run.num_train}], got {tuple(keep.shape)}")
@@ -37,7 +39,7 @@ def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None =
             orders = torch.stack([batch_order(keep[j].nonzero()[:, 0], r.batch_size, r.epochs,
                                               int(order_seeds[j])) for j in part])
             out[part] = train_many(run.model, run.train, r, run.task, inits, orders, progress=progress,
-                                   desc=f"{desc} {s + len(part)}/{len(rows)}")
+                                   desc=f"{desc} {s + len(part)}/{len(rows)}", on_step=on_step)
     return out
 
 

@@ -1,0 +1,83 @@
+"""Attribution through a multi-stage pipeline (``tdakit.stages``): scores for the points of every stage.
+
+Training weights are per stage: w^(s)_i weights point i of stage s, and every score is
+d f_q(theta_final) / d w^(s)_i, in the measurement's units (docs/conventions.md).
+
+- SOURCE treats stage boundaries as segment boundaries. One query-side walk from the last segment of
+  the last stage to the first segment of the first: a point of stage s is credited only through the
+  segments of its own stage (with that stage's N), and its effect is propagated through every later
+  segment's Sbar.
+- Exact unrolling runs backwards through every stage and hands the adjoint of a stage's initial
+  parameters to the stage before.
+- TracIn sums over each stage's own checkpoints (it forgets nothing, so nothing propagates).
+- The influence function is computed as a practitioner would: at the final parameters, with the
+  curvature of all stages' data pooled, as if the pipeline were one training run on the union.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .. import curvature as curv
+from ..datasets import Split
+from ..grads import measurement_grads
+from ..stages import StagedRun
+from ..unroll import unrolled_adjoint
+from .influence import check_damping, damped_inverse
+from .products import Plan, Term
+from .source import segments_of, source_walk
+from .tracin import tracin_plan
+
+
+def staged_source(staged: StagedRun, query: Split, segments: int | Sequence[int] = 3,
+                  curvature: curv.CurvatureSpec = "ekfac", form: str = "exp", fast: bool = False,
+                  progress: bool = True) -> list[Plan]:
+    """SOURCE over all stages, last to first: one plan per stage."""
+    for run in staged.runs:
+        segments_of(run, segments)
+    dtype = staged.final.dtype
+    v = measurement_grads(staged.model, staged.task, staged.final, query.to(dtype))
+    plans: list[Plan] = [None] * len(staged.runs)  # type: ignore[list-item]
+    for s in reversed(range(len(staged.runs))):
+        plans[s], v = source_walk(staged.runs[s], v, segments, curvature, form, fast, propagate=s > 0,
+                                  progress=progress, queries=len(query))
+    return plans
+
+
+def staged_unrolled(staged: StagedRun, query: Split, dtype: torch.dtype | None = None,
+                    progress: bool = True) -> list[Tensor]:
+    """Exact unrolling through every stage: [Q, N_s] for every stage s."""
+    dtype = dtype or staged.final.dtype
+    v = measurement_grads(staged.model, staged.task, staged.final.to(dtype), query.to(dtype))
+    out: list[Tensor] = [None] * len(staged.runs)  # type: ignore[list-item]
+    for s in reversed(range(len(staged.runs))):
+        out[s], v = unrolled_adjoint(staged.runs[s], v, dtype, progress=progress)
+    return out
+
+
+def staged_tracin(staged: StagedRun, query: Split, progress: bool = True) -> list[Plan]:
+    """TracIn over each stage's own checkpoints, measuring the last stage's task."""
+    return [tracin_plan(run, query, query_task=staged.task, progress=progress) for run in staged.runs]
+
+
+def staged_influence(staged: StagedRun, query: Split, damping: float | str = "implied",
+                     curvature: curv.CurvatureSpec = "ekfac", progress: bool = True) -> list[Plan]:
+    """A practitioner's influence function: final parameters, curvature of the pooled data, N = all points;
+    "implied" damping is 1 / (the summed effective rate of every stage)."""
+    check_damping(damping)
+    theta = staged.final
+    runs = staged.runs
+    pooled = Split(torch.cat([r.train.x.to(theta.dtype) for r in runs]),
+                   torch.cat([r.train.y.to(theta.dtype) if r.train.y.is_floating_point() else r.train.y for r in runs]))
+    weights = torch.cat([r.weights.to(theta.dtype) for r in runs])
+    last = runs[-1]
+    H = curv.fit(curvature, staged.model, staged.task, theta[None], pooled, last.recipe.weight_decay,
+                 weights=weights, progress=progress)
+    v = measurement_grads(staged.model, staged.task, theta, query.to(theta.dtype))
+    total_rate = float(sum(r.effective_lrs.sum() for r in runs))
+    u = H.apply(damped_inverse(H, damping, last, total_rate=total_rate), v)
+    n = len(pooled)
+    return [Plan(r.model, r.task, r.train, [Term(theta, u, -1.0 / n)], len(query)) for r in runs]

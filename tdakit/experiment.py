@@ -1,0 +1,235 @@
+"""One experiment loop: named method configurations -> scores -> LDS against one ground truth -> a table.
+
+    table = run_experiment(run, data.query, preset("concrete").methods(), truth, reference="exact unrolling")
+    print(table); table.plot(); table.save("table.json")
+
+Methods that share checkpoints share per-example gradients (``attribute_many``). Scores are cached on
+disk (keyed by the run's recorded values, the query, the method and its settings), so a second run of
+the same experiment only judges them; the table says "(from cache)" for those rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import store
+from .attribution import Scores, attribute, attribute_many, ensemble
+from .datasets import Split
+from .evaluation import GroundTruth, Interval, Reliability, lds, paired_difference, reliability, spearman
+from .plots import lds_bars
+from .stages import StagedRun
+from .training import Run
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method configuration: ``Method("source", segments=3, curvature="ekfac")`` is what
+    ``attribute(run, query, "source", segments=3, curvature="ekfac")`` computes."""
+
+    method: str
+    settings: dict = field(default_factory=dict)
+
+    def __init__(self, method: str, settings: dict | None = None, **more):
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "settings", {**(settings or {}), **more})
+
+
+@dataclass
+class Row:
+    """One method's line of a ``Table``. lds: mean over queries with its 95% interval; vs_reference: mean
+    per-query Spearman correlation with the reference method's scores; difference: paired LDS difference
+    from the baseline method; seconds: wall time that made the scores (even when read from the cache)."""
+
+    label: str
+    method: str
+    lds: Interval
+    seconds: float
+    cached: bool = False
+    vs_reference: float | None = None
+    difference: Interval | None = None
+
+    def as_dict(self) -> dict:
+        out = {"label": self.label, "method": self.method, "lds": self.lds.value, "lds_low": self.lds.low,
+               "lds_high": self.lds.high, "seconds": self.seconds, "from_cache": self.cached,
+               "per_query": self.lds.per_query.tolist()}
+        if self.vs_reference is not None:
+            out["spearman_vs_reference"] = self.vs_reference
+        if self.difference is not None:
+            out["difference"] = {"value": self.difference.value, "low": self.difference.low,
+                                 "high": self.difference.high}
+        return out
+
+
+@dataclass
+class Table:
+    """The result of an experiment: rows, the ground truth's reliability, and the scores themselves."""
+
+    rows: list[Row]
+    reliability: Reliability | None
+    reference: str | None = None
+    baseline: str | None = None
+    title: str = ""
+    scores: dict[str, Scores] = field(default_factory=dict, repr=False)
+
+    def __getitem__(self, label: str) -> Row:
+        for row in self.rows:
+            if row.label == label:
+                return row
+        raise KeyError(f"no row {label!r}; rows: {[r.label for r in self.rows]}")
+
+    def __str__(self) -> str:
+        width = max([len(r.label) for r in self.rows] + [6])
+        head = f"{'method':<{width}}  {'LDS [95% interval]':<24}"
+        if self.reference:
+            head += f"  {'vs ' + self.reference:>{max(14, len(self.reference) + 3)}}"
+        if self.baseline:
+            head += f"  {'- ' + self.baseline + ' (paired)':<28}"
+        head += f"  {'seconds':>16}"
+        lines = [self.title] if self.title else []
+        lines.append(head)
+        for r in self.rows:
+            line = f"{r.label:<{width}}  {str(r.lds):<24}"
+            if self.reference:
+                cell = "" if r.vs_reference is None else f"{r.vs_reference:.3f}"
+                line += f"  {cell:>{max(14, len(self.reference) + 3)}}"
+            if self.baseline:
+                line += f"  {'' if r.difference is None else str(r.difference):<28}"
+            line += f"  {'(from cache)' if r.cached else f'{r.seconds:.1f}':>16}"
+            lines.append(line)
+        if self.reliability is not None:
+            lines.append(f"ground truth: {self.reliability}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        rel = self.reliability
+        return {"title": self.title, "reference": self.reference, "baseline": self.baseline,
+                "reliability": None if rel is None else rel.reliability,
+                "ceiling": None if rel is None else rel.ceiling, "seeds": None if rel is None else rel.seeds,
+                "rows": [r.as_dict() for r in self.rows]}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``as_dict()`` as JSON, atomically (a temporary file moved into place)."""
+        write_json_atomic(Path(path), self.as_dict())
+
+    def plot(self, ax=None):
+        """LDS per method with intervals and the ground truth's ceiling (``plots.lds_bars``)."""
+        return lds_bars({r.label: r.lds for r in self.rows}, None if self.reliability is None
+                        else self.reliability.ceiling, ax=ax, title=self.title or None)
+
+
+def write_json_atomic(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_fingerprint(run: Run) -> str:
+    """A content hash of everything a method reads from a run (recipe, data, recorded parameters)."""
+    h = hashlib.sha256(repr((run.model.describe(), run.task, run.recipe, run.train.fingerprint(),
+                             run.checkpoint_steps.tolist(), run.checkpoint_placement)).encode())
+    for t in (run.init, run.final, run.checkpoints, run.weights):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _as_method(config) -> Method:
+    if isinstance(config, Method):
+        return config
+    if isinstance(config, str):
+        return Method(config)
+    if isinstance(config, tuple) and len(config) == 2:
+        return Method(config[0], dict(config[1]))
+    raise ValueError(f"a method configuration is Method(name, **settings), a name or (name, settings); got {config!r}")
+
+
+@dataclass
+class Experiment:
+    """Method configurations on a run, a pipeline's stage or an ensemble of runs, judged against one
+    ground truth. ``run``: a Run, a list of Runs (every method averaged over them, an ensemble), or a
+    StagedRun with ``stage`` (the stage whose points are attributed)."""
+
+    run: Run | StagedRun | Sequence[Run]
+    query: Split
+    truth: GroundTruth
+    methods: Mapping[str, Method | tuple | str]
+    reference: str | None = None
+    baseline: str | None = None
+    stage: int | None = None
+    title: str = ""
+
+    def table(self, progress: bool = True, cache: store.CacheSpec = True) -> Table:
+        """Compute (or read from the cache) every method's scores and judge them."""
+        methods = {label: _as_method(c) for label, c in self.methods.items()}
+        for name, which in (("reference", self.reference), ("baseline", self.baseline)):
+            if which is not None and which not in methods:
+                raise ValueError(f"{name} {which!r} is not one of the methods {list(methods)}")
+        if isinstance(self.run, StagedRun) and self.stage is None:
+            raise ValueError("for a pipeline, say which stage's points the ground truth is about: stage=...")
+        scores, cached = self._scores(methods, progress, cache)
+        results = {label: lds(s.values, self.truth) for label, s in scores.items()}
+        ref = None if self.reference is None else scores[self.reference].values.double()
+        rows = []
+        for label, s in scores.items():
+            rows.append(Row(label, methods[label].method, results[label], s.seconds, cached[label],
+                            None if ref is None else float(spearman(s.values.double(), ref).mean()),
+                            None if self.baseline is None or label == self.baseline
+                            else paired_difference(results[label], results[self.baseline])))
+        rel = reliability(self.truth) if self.truth.num_seeds >= 2 else None
+        return Table(rows, rel, self.reference, self.baseline, self.title, scores)
+
+    def _key(self, method: Method) -> str:
+        runs = self.run.runs if isinstance(self.run, StagedRun) else (
+            [self.run] if isinstance(self.run, Run) else list(self.run))
+        return store.key_of("scores", [run_fingerprint(r) for r in runs], self.stage, self.query.fingerprint(),
+                            method.method, sorted(method.settings.items(), key=lambda kv: kv[0]))
+
+    def _scores(self, methods: dict[str, Method], progress: bool, cache) -> tuple[dict[str, Scores], dict[str, bool]]:
+        found: dict[str, Scores] = {}
+        for label, m in methods.items():
+            hit = store.load(cache, "scores", self._key(m))
+            if hit is not None:
+                found[label] = Scores(hit["values"], m.method, float(hit["seconds"]), m.settings)
+        todo = {label: m for label, m in methods.items() if label not in found}
+        fresh: dict[str, Scores] = {}
+        if isinstance(self.run, Run):
+            fresh = attribute_many(self.run, self.query, {label: (m.method, m.settings) for label, m in todo.items()},
+                                   progress=progress)
+        else:
+            for label, m in todo.items():
+                got = (attribute(self.run, self.query, m.method, progress=progress, **m.settings)
+                       if isinstance(self.run, StagedRun)
+                       else ensemble(list(self.run), self.query, m.method, progress=progress, **m.settings))
+                fresh[label] = got[self.stage] if isinstance(got, list) else got
+        for label, s in fresh.items():
+            store.save(cache, "scores", self._key(methods[label]),
+                       {"values": s.values.detach().cpu(), "seconds": torch.tensor(s.seconds)})
+        ordered = {label: found.get(label) or fresh[label] for label in methods}
+        return ordered, {label: label in found for label in methods}
+
+
+def run_experiment(run: Run | StagedRun | Sequence[Run], query: Split, methods: Mapping[str, Method | tuple | str],
+                   truth: GroundTruth, reference: str | None = None, baseline: str | None = None,
+                   stage: int | None = None, title: str = "", progress: bool = True,
+                   cache: store.CacheSpec = True) -> Table:
+    """``Experiment(...).table()``: see ``Experiment`` and ``Table``."""
+    return Experiment(run, query, truth, methods, reference, baseline, stage, title).table(progress, cache)
+
+
+def scores_of(table: Table) -> dict[str, Tensor]:
+    """{label: scores [Q, N]} of a table (for plots that take tensors)."""
+    return {label: s.values for label, s in table.scores.items()}

@@ -1,0 +1,163 @@
+"""The paper's settings, written once: data, model, task, recipe, checkpoints and the methods to compare.
+
+The demo, every benchmark and every notebook start from a preset, so a setting means the same thing
+everywhere (docs/settings.md lists them). ``preset("concrete").train()`` trains its run;
+``.methods()`` names the method configurations the experiment runner compares on it.
+
+- concrete: UCI Concrete, 896 train / 103 queries; MLP 3 x 128; SGD momentum 0.9, lr 3e-2, weight decay
+  1e-5, batch 32, 20 epochs (560 steps); exact Gauss-Newton curvature.
+- mnist: the embedded 4000-image MNIST subset, 100 queries; MLP 512-256-128; SGD momentum 0.9, lr 3e-2,
+  weight decay 1e-3, batch 64, 20 epochs (1260 steps); EK-FAC.
+- noisy_mnist: the same images with 30% random labels; lr 1e-2, weight decay 3e-5, 3 epochs (189 steps):
+  not converged; EK-FAC.
+- rotated_mnist: continual learning, three disjoint class-balanced parts (2000, 1000, 1000) at 0, 45 and
+  90 degrees trained in stages; lr 1e-2, weight decay 1e-3, 3 epochs per stage; EK-FAC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import datasets
+from .datasets import Dataset, Split
+from .experiment import Method
+from .models import mlp
+from .stages import Stage, StagedRun, train_stages
+from .task import Classification, Regression, Task
+from .training import Recipe, Run, train
+
+
+def paper_methods(curvature: str) -> dict[str, Method]:
+    """The comparison every preset runs by default, labelled as tables and plots show them."""
+    return {
+        "influence": Method("influence", curvature=curvature),
+        "SOURCE (L=3, C=6)": Method("source", segments=3, curvature=curvature),
+        "Fast-SOURCE (L=3)": Method("fast_source", segments=3, curvature=curvature),
+        "TracIn": Method("tracin"),
+        "TRAK": Method("trak"),
+    }
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One of the paper's single-run settings (see the module docstring)."""
+
+    name: str
+    dataset: str
+    hidden: tuple[int, ...]
+    task: Task
+    recipe: Recipe
+    curvature: str
+    label_noise: float | None = None
+    checkpoints: int = 6
+    description: str = ""
+
+    def data(self, seed: int = 0) -> Dataset:
+        """The dataset (standardized; with the preset's label noise applied to the training split)."""
+        data = datasets.load(self.dataset, seed=seed)
+        if self.label_noise:
+            noisy, _ = datasets.with_label_noise(data.train, self.label_noise, classes=10, seed=seed)
+            data = dataclasses.replace(data, train=noisy)
+        return data
+
+    def model(self, in_features: int) -> nn.Module:
+        outputs = 10 if isinstance(self.task, Classification) else 1
+        return mlp(in_features, self.hidden, outputs)
+
+    def train(self, data: Dataset | None = None, seed: int = 0, n_train: int | None = None,
+              progress: bool = True, cache=True, placement: str = "end") -> Run:
+        """The recorded run of this setting (recipe seed ``seed``; the first ``n_train`` training points,
+        class-balanced for images)."""
+        data = data or self.data()
+        split = data.train if n_train is None else subset(data, n_train)
+        recipe = dataclasses.replace(self.recipe, seed=seed)
+        return train(self.model(split.x.shape[1]), split, recipe, self.task, checkpoints=self.checkpoints,
+                     progress=progress, cache=cache, placement=placement)
+
+    def methods(self) -> dict[str, Method]:
+        return paper_methods(self.curvature)
+
+
+@dataclass(frozen=True)
+class StagedPreset:
+    """A multi-stage setting: disjoint class-balanced parts of the training split, part s rotated by
+    ``angles[s]`` and trained as stage s from the previous stage's final parameters."""
+
+    name: str
+    sizes: tuple[int, ...]
+    angles: tuple[float, ...]
+    hidden: tuple[int, ...]
+    task: Task
+    recipe: Recipe
+    curvature: str
+    checkpoints: int = 6
+    description: str = ""
+
+    def data(self, seed: int = 0) -> Dataset:
+        return datasets.load("mnist5k", seed=seed)
+
+    def stages(self, data: Dataset | None = None) -> list[Stage]:
+        data = data or self.data()
+        parts = datasets.balanced_parts(data.train, self.sizes, seed=0)
+        return [Stage(datasets.rotated(part, a), dataclasses.replace(self.recipe, seed=s), name=f"{a:.0f} degrees")
+                for s, (part, a) in enumerate(zip(parts, self.angles, strict=True))]
+
+    def queries(self, data: Dataset | None = None, angles: tuple[float, ...] = (0.0, 90.0)) -> Split:
+        """The query split rotated by each of ``angles``, concatenated: [len(angles) * Q] queries."""
+        data = data or self.data()
+        parts = [datasets.rotated(data.query, a) for a in angles]
+        return Split(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+
+    def model(self) -> nn.Module:
+        return mlp(784, self.hidden, 10)
+
+    def train(self, data: Dataset | None = None, progress: bool = True, cache=True,
+              placement: str = "end") -> StagedRun:
+        return train_stages(self.model(), self.stages(data), self.task, checkpoints=self.checkpoints,
+                            progress=progress, cache=cache, placement=placement)
+
+    def methods(self) -> dict[str, Method]:
+        return {
+            "SOURCE (L=3 per stage, C=6)": Method("source", segments=3, curvature=self.curvature),
+            "Fast-SOURCE (L=3 per stage)": Method("fast_source", segments=3, curvature=self.curvature),
+            "influence (final parameters, pooled data)": Method("influence", curvature=self.curvature),
+            "TracIn": Method("tracin"),
+        }
+
+
+def subset(data: Dataset, n: int) -> Split:
+    """The first n training points (class-balanced for classification: the split is in file order)."""
+    if data.kind == "classification":
+        return datasets.balanced_subset(data.train, n)
+    return data.train.subset(slice(0, n))
+
+
+PRESETS: dict[str, Preset | StagedPreset] = {
+    "concrete": Preset(
+        "concrete", "concrete", (128, 128, 128), Regression(),
+        Recipe(lr=3e-2, epochs=20, batch_size=32, momentum=0.9, weight_decay=1e-5), curvature="ggn",
+        description="UCI Concrete, the paper's MLP and recipe (560 steps)"),
+    "mnist": Preset(
+        "mnist", "mnist5k", (512, 256, 128), Classification(),
+        Recipe(lr=3e-2, epochs=20, batch_size=64, momentum=0.9, weight_decay=1e-3), curvature="ekfac",
+        description="MNIST (embedded 4000-image subset), the paper's MLP and recipe (1260 steps)"),
+    "noisy_mnist": Preset(
+        "noisy_mnist", "mnist5k", (512, 256, 128), Classification(),
+        Recipe(lr=1e-2, epochs=3, batch_size=64, momentum=0.9, weight_decay=3e-5), curvature="ekfac",
+        label_noise=0.3, description="MNIST with 30% random labels, 3 epochs: not converged (189 steps)"),
+    "rotated_mnist": StagedPreset(
+        "rotated_mnist", (2000, 1000, 1000), (0.0, 45.0, 90.0), (512, 256, 128), Classification(),
+        Recipe(lr=1e-2, epochs=3, batch_size=64, momentum=0.9, weight_decay=1e-3), curvature="ekfac",
+        description="continual learning: MNIST parts at 0, 45 and 90 degrees, trained in three stages"),
+}
+
+
+def preset(name: str) -> Preset | StagedPreset:
+    """A named setting (see PRESETS)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
