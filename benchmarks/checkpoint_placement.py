@@ -20,10 +20,9 @@ from pathlib import Path
 import torch
 
 import tdakit
-from tdakit.evaluation import GroundTruth, paired_difference, reliability
+from tdakit.evaluation import GroundTruth, groundtruth_stages, paired_difference, reliability
 from tdakit.evaluation.ground_truth import groundtruth
 from tdakit.presets import preset
-from tdakit.stages import groundtruth_stages
 
 OUT = Path("benchmarks/results")
 PLACEMENTS = ("end", "middle")

@@ -50,7 +50,7 @@ def kronfluence_scores(run, query, damping: float | None, empirical: bool, workd
             x, y = batch
             return task.measurement(model(x), y).sum()
 
-    module = copy.deepcopy(run.model._template)
+    module = copy.deepcopy(run.model.network)
     module.load_state_dict(run.model.unflatten(run.final.detach().clone()))
     module.eval()
     ktask = KTask()
@@ -78,7 +78,8 @@ def main() -> None:
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore", FutureWarning)
     torch.manual_seed(0)
-    data, _, _, recipe, run = setup(args.setting)
+    data, run = setup(args.setting)
+    recipe = run.recipe
     query = data.query.subset(slice(0, args.queries))
     damping = tdakit.attribution.implied_damping(run) if args.damping is None else args.damping
     print(f"{args.setting}: {run.model.num_params} parameters, {run.num_train} train, {len(query)} queries, "

@@ -3,33 +3,30 @@ function's LDS across dampings (the recipe's implied damping against the small, 
 dampings the paper's comparison uses), and SOURCE with L = 1, 3 and 6 segments (does curvature change
 along this short run enough to matter?).
 
-    python benchmarks/noisy_diagnosis.py     # uses the R = 5 ground truth of `beyond_convergence.py noisy`
+    python benchmarks/noisy_diagnosis.py     # the R = 5 ground truth of the noisy_mnist preset (cached)
 """
 
 from __future__ import annotations
 
 import torch
-from beyond_convergence import NOISY_RECIPE
 
 import tdakit
+from tdakit.experiment import Method, run_experiment
+from tdakit.presets import preset
 
 
 def main() -> None:
-    cache = tdakit.store.default_dir()
-    data = tdakit.datasets.load("mnist5k")
-    train, _ = tdakit.datasets.with_label_noise(data.train, 0.3, classes=10, seed=0)
-    model = tdakit.mlp(784, (512, 256, 128), 10)
-    run = tdakit.train(model, train, NOISY_RECIPE, tdakit.Classification(), checkpoints=6, progress=False,
-                       cache=cache)
-    truth = tdakit.groundtruth(run, data.query, subsets=100, fraction=0.5, seeds=5, cache=cache, progress=False)
+    setting = preset("noisy_mnist")
+    data = setting.data()
+    run = setting.train(data, progress=False)
+    truth = tdakit.groundtruth(run, data.query, subsets=100, fraction=0.5, seeds=5, progress=False)
     implied = tdakit.attribution.implied_damping(run)
-    print(f"implied damping 1/(eta_eff T) = {implied:.4f} (weight decay {NOISY_RECIPE.weight_decay:g} on top)")
-    for damping in (1e-4, 1e-3, 0.01, "implied", 0.2, 1.0, "heuristic"):
-        s = tdakit.attribute(run, data.query, "influence", curvature="ekfac", damping=damping)
-        print(f"| EK-FAC influence, damping {damping} | {tdakit.lds(s, truth)} |", flush=True)
-    for segments in (1, 3, 6):
-        s = tdakit.attribute(run, data.query, "source", segments=segments, curvature="ekfac")
-        print(f"| SOURCE L={segments} | {tdakit.lds(s, truth)} |", flush=True)
+    print(f"implied damping 1/(eta_eff T) = {implied:.4f} (weight decay {setting.recipe.weight_decay:g} on top)")
+    methods = {f"EK-FAC influence, damping {d}": Method("influence", curvature="ekfac", damping=d)
+               for d in (1e-4, 1e-3, 0.01, "implied", 0.2, 1.0, "heuristic")}
+    methods |= {f"SOURCE L={L}": Method("source", segments=L, curvature="ekfac") for L in (1, 3, 6)}
+    print(run_experiment(run, data.query, methods, truth, baseline="EK-FAC influence, damping implied",
+                         progress=False))
 
 
 if __name__ == "__main__":

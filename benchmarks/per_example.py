@@ -11,7 +11,7 @@ import torch
 from common import median_seconds
 
 import tdakit
-from tdakit.curvature.kronecker import kronecker_layers, layer_gradient_factors
+from tdakit.curvature.kronecker import layer_gradient_factors
 from tdakit.grads import loss_grads
 from tdakit.models import FlatModel
 
@@ -20,7 +20,7 @@ def main() -> None:
     data = tdakit.datasets.load("mnist5k")
     model, task = FlatModel(tdakit.mlp(784, (512, 256, 128), 10)), tdakit.Classification()
     theta = model.init(0)
-    slots, _ = kronecker_layers(model)
+    slots, _ = model.layers()
     for n in (128, 512):
         part = data.train.subset(slice(0, n))
         _, t_vmap = median_seconds(lambda part=part, n=n: loss_grads(model, task, theta, part, chunk=n), 5)

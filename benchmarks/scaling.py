@@ -42,7 +42,7 @@ def peak_mib() -> float:
 
 def one(method: str, size: int) -> dict:
     torch.manual_seed(0)
-    data, _, _, _, run = setup("mnist", n_train=size, cache=tdakit.store.default_dir())
+    data, run = setup("mnist", n_train=size)
     before = peak_mib()
     name, settings = METHODS[method]
     start = time.perf_counter()
@@ -62,7 +62,7 @@ def main() -> None:
         print(json.dumps(one(args.one[0], int(args.one[1]))))
         return
     for size in args.sizes:  # train (and cache) each run once, outside the timed processes
-        setup("mnist", n_train=size, cache=tdakit.store.default_dir())
+        setup("mnist", n_train=size)
     rows = []
     print("| method | train points | seconds | peak MiB (before the method) |")
     for method in args.methods:

@@ -20,6 +20,7 @@ import torch
 
 import tdakit
 from tdakit.evaluation import random_subsets, retrain
+from tdakit.presets import preset
 from tdakit.training import models_per_chunk, seed_of
 
 
@@ -40,7 +41,7 @@ def retraining_rates(run, masks, repeats: int, loop_models: int = 8) -> tuple[fl
         for m in range(loop_models):
             subset = data.subset(masks[m].nonzero()[:, 0])
             tdakit.train(run.model, subset, tdakit.Recipe(**{**recipe.__dict__, "seed": m}), run.task,
-                         checkpoints=0, progress=False)
+                         checkpoints=0, progress=False, cache=False)
 
     def together():
         retrain(run, masks, init_seeds=range(len(masks)), order_seeds=[seed_of(m) for m in range(len(masks))],
@@ -58,8 +59,8 @@ def main() -> None:
     if args.demo_only:
         return demo_figures()
     data = tdakit.datasets.load("concrete")
-    recipe = tdakit.Recipe(lr=3e-2, epochs=20, batch_size=32, momentum=0.9, weight_decay=1e-5)
-    run = tdakit.train(tdakit.mlp(8), data.train, recipe, tdakit.Regression(), progress=False)
+    runs = {name: preset(name).train(data, progress=False) for name in ("concrete", "concrete_narrow")}
+    run, recipe = runs["concrete"], runs["concrete"].recipe
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     t = median_seconds(lambda: tdakit.attribute(run, data.query, "unrolled", progress=False), args.repeats)
@@ -71,8 +72,7 @@ def main() -> None:
         print(f"{method} {kw}: {t:.1f} s (median of {args.repeats})")
 
     masks = random_subsets(len(data.train), 256, 0.5, seed=0)
-    for name, hidden in (("paper MLP 3 x 128", (128, 128, 128)), ("narrow MLP 2 x 32", (32, 32))):
-        model_run = tdakit.train(tdakit.mlp(8, hidden), data.train, recipe, tdakit.Regression(), progress=False)
+    for name, model_run in (("paper MLP 3 x 128", runs["concrete"]), ("narrow MLP 2 x 32", runs["concrete_narrow"])):
         loop_rate, vmap_rate = retraining_rates(model_run, masks, args.repeats)
         chunk = models_per_chunk(model_run.model.num_params, model_run.final.dtype)
         print(f"{name}, retraining on half subsets ({recipe.epochs} epochs): plain loop {loop_rate:.2f} models/s, "

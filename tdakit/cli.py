@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import __version__
+from .demo import run_demo
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tdakit", description="training data attribution you can see")
+    parser.add_argument("--version", action="version", version=f"tdakit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="exact unrolling, influence and SOURCE on UCI Concrete, judged by LDS")
     demo.add_argument("--out", default="tdakit-report", help="report folder (default: %(default)s)")
@@ -16,13 +20,11 @@ def main(argv: list[str] | None = None) -> int:
                            "Hessian, negative eigenvalues clipped")
     demo.add_argument("--subsets", type=int, default=100, help="random half subsets M (default 100)")
     demo.add_argument("--seeds", type=int, default=5, help="retraining seeds R per subset (default 5)")
-    demo.add_argument("--epochs", type=int, default=20, help="training epochs (default 20, the paper's)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the paper's 20)")
     demo.add_argument("--queries", type=int, default=None, help="use only the first Q queries")
     demo.add_argument("--no-cache", action="store_true", help="recompute runs and ground truth")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    from .demo import run_demo  # heavy imports only when needed
-
     try:
         run_demo(out=args.out, model=args.model, subsets=args.subsets, seeds=args.seeds, epochs=args.epochs,
                  queries=args.queries, cache=not args.no_cache, progress=not args.quiet)

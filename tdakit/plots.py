@@ -1,7 +1,13 @@
-"""Matplotlib figures for the things tdakit teaches. Each function draws on an Axes (or makes one)
-and returns it; scores are in the measurement's units, in the one convention d f_q / d w_i."""
+"""Matplotlib figures for the things tdakit teaches, in one style (``style()``: readable at notebook width,
+titles that say what is shown, units on the axes). Each function draws on an Axes (or makes one) and
+returns it; scores are in the measurement's units, in the one convention d f_q / d w_i."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -10,52 +16,107 @@ import torch
 from .curvature import functions
 from .evaluation.metrics import Interval, predictions, spearman
 
+STYLE = {
+    "figure.dpi": 100, "savefig.dpi": 150, "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 9,
+    "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8, "figure.titlesize": 11,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.25,
+    "figure.constrained_layout.use": True,
+}
+# one colour per method family, the same in every figure
+COLORS = {"exact unrolling": "tab:gray", "unrolled": "tab:gray", "influence": "tab:blue", "SOURCE": "tab:orange",
+          "source": "tab:orange", "Fast-SOURCE": "tab:red", "fast_source": "tab:red", "TracIn": "tab:green",
+          "tracin": "tab:green", "TRAK": "tab:purple", "trak": "tab:purple"}
 
-def _axes(ax):
-    return ax if ax is not None else plt.subplots(figsize=(4, 4))[1]
+
+def color_of(label: str) -> str:
+    """The colour of a method label (by its longest known prefix); grey-blue for anything else."""
+    hits = [k for k in COLORS if label.startswith(k)]
+    return COLORS[max(hits, key=len)] if hits else "tab:cyan"
 
 
-def scores_against(reference, other, ax=None, max_points: int = 20000, seed: int = 0):
-    """Scatter of other's scores against reference's (all query x point pairs, subsampled)."""
+@contextlib.contextmanager
+def style():
+    """``with plots.style(): ...``: tdakit's figure style for the figures made inside."""
+    with plt.rc_context(STYLE):
+        yield
+
+
+def use_style() -> None:
+    """Make tdakit's figure style the default (notebooks call it once)."""
+    plt.rcParams.update(STYLE)
+
+
+def save(fig, path: str | os.PathLike) -> None:
+    """Save a figure as PNG at 150 dpi, atomically (a temporary file moved into place)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=150)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _axes(ax, size=(4, 4)):
+    return ax if ax is not None else plt.subplots(figsize=size)[1]
+
+
+def scores_against(reference, other, ax=None, max_points: int = 20000, seed: int = 0, unit: str = "",
+                   scale: float = 1.0, labels: tuple[str, str] | None = None):
+    """Scatter of other's scores against reference's (all query x point pairs, subsampled), with the
+    diagonal y = x. scale multiplies scores (e.g. a target's std to show original units)."""
     ax = _axes(ax)
-    a, b = reference.values.flatten().double(), other.values.flatten().double()
+    names = labels or (reference.method, other.method)
+    a, b = reference.values.flatten().double() * scale, other.values.flatten().double() * scale
     pick = torch.randperm(len(a), generator=torch.Generator().manual_seed(seed))[:max_points]
-    ax.scatter(a[pick], b[pick], s=2, alpha=0.3)
+    ax.scatter(a[pick], b[pick], s=2, alpha=0.3, color=color_of(names[1]))
+    low, high = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+    ax.plot([low, high], [low, high], color="k", lw=0.7, ls="--", label="y = x")
     rho = float(spearman(reference.values.double(), other.values.double()).mean())
-    ax.set_xlabel(f"{reference.method} score")
-    ax.set_ylabel(f"{other.method} score")
-    ax.set_title(f"{other.method} vs {reference.method}\nmean per-query Spearman {rho:.2f}", fontsize=9)
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.axvline(0, color="grey", lw=0.5)
+    suffix = f" ({unit})" if unit else ""
+    ax.set_xlabel(f"{names[0]} score{suffix}")
+    ax.set_ylabel(f"{names[1]} score{suffix}")
+    ax.set_title(f"{names[1]}\nmean per-query Spearman {rho:.2f}")
+    ax.ticklabel_format(style="sci", scilimits=(-2, 3))
     return ax
 
 
-def predicted_vs_actual(scores, truth, query: int = 0, ax=None):
-    """For one query: the predicted measurement of each subset model (sum of kept points' scores,
-    centred) against the measurement after actual retraining (seed mean, centred)."""
+def predicted_vs_actual(scores, truth, query: int = 0, ax=None, unit: str = "", scale: float = 1.0,
+                        label: str | None = None):
+    """For one query: the predicted change of each subset model's measurement (sum of the kept points'
+    scores) against the actual one after retraining (seed mean), both centred, with the diagonal."""
     ax = _axes(ax)
+    name = label or scores.method
     pred = predictions(scores.values.double(), truth.masks)[:, query]
     actual = truth.mean[:, query].double()
-    ax.scatter(pred - pred.mean(), actual - actual.mean(), s=8)
+    x, y = (pred - pred.mean()) * scale, (actual - actual.mean()) * scale
+    ax.scatter(x, y, s=10, color=color_of(name))
+    low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    ax.plot([low, high], [low, high], color="k", lw=0.7, ls="--", label="y = x")
     rho = float(spearman(pred, actual))
-    ax.set_xlabel("predicted change (sum of kept scores)")
-    ax.set_ylabel("actual change after retraining")
-    ax.set_title(f"{scores.method}, query {query}: Spearman {rho:.2f}", fontsize=9)
+    suffix = f" ({unit})" if unit else ""
+    ax.set_xlabel(f"predicted change{suffix}")
+    ax.set_ylabel(f"actual change after retraining{suffix}")
+    ax.set_title(f"{name}: Spearman {rho:.2f}")
     return ax
 
 
 def lds_bars(results: dict[str, Interval], ceiling: float | None = None, ax=None, title: str | None = None):
-    """LDS per method with 95% intervals; the ground truth's ceiling as a dashed line."""
-    ax = ax if ax is not None else plt.subplots(figsize=(6, 3))[1]
+    """LDS per method with 95% intervals; the ground truth's ceiling as a dashed line. Method names are
+    written under the bars, turned so that they never overlap."""
+    ax = _axes(ax, (0.9 * len(results) + 2.5, 3.8))
     names = list(results)
     values = np.array([results[n].value for n in names])
     err = np.array([[results[n].value - results[n].low, results[n].high - results[n].value] for n in names]).T
-    ax.bar(names, values, yerr=err, capsize=4, color="tab:blue")
+    ax.bar(range(len(names)), values, yerr=err, capsize=4, color=[color_of(n) for n in names])
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", rotation_mode="anchor")
     if ceiling is not None:
         ax.axhline(ceiling, ls="--", color="tab:red", label=f"ceiling of the ground truth ~{ceiling:.2f}")
-        ax.legend(fontsize=8)
-    ax.set_ylabel("LDS")
-    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        ax.legend(loc="upper right")
+    ax.set_ylabel("LDS (Spearman, mean over queries)")
+    ax.set_title(title or "Linear datamodeling score, 95% intervals over queries")
     return ax
 
 
@@ -71,8 +132,9 @@ def eigenvalue_functions(eta: float, steps: int, damping: float | None = None, a
     ax.loglog(s, functions.learn(eta, steps)(s), ls="--", label=f"(1 - exp(-eta K s))/s, eta K = {eta * steps:.3g}")
     ax.axvline(1 / (eta * steps), color="k", lw=0.5)
     ax.set_xlabel("curvature eigenvalue s")
-    ax.set_ylabel("gain")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("gain (parameter change per unit gradient)")
+    ax.set_title("What influence and SOURCE do to one curvature direction")
+    ax.legend()
     return ax
 
 

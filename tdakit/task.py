@@ -5,7 +5,7 @@ A ``Task`` gives two per-example functions of the model outputs:
 - ``loss(outputs [n, o], targets [n]) -> [n]``: what training minimises (averaged over a batch);
 - ``measurement(outputs [n, o], targets [n]) -> [n]``: the query quantity f_q whose change we explain.
 
-Scores are d measurement / d w_i (DESIGN.md section 1), in the measurement's units.
+Scores are d measurement / d w_i (docs/conventions.md), in the measurement's units.
 Subclass ``Task`` to attribute anything else that is a function of one example's outputs.
 """
 
@@ -111,6 +111,13 @@ class Classification(Task):
 
     def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
         super().check_targets(outputs, targets)
+        if targets.is_floating_point() and not bool((targets == targets.round()).all()):
+            raise ValueError(f"Classification needs integer class labels, got real-valued targets such as "
+                             f"{float(targets[targets != targets.round()][0]):.4g}; for real-valued targets use "
+                             "Regression()")
+        if outputs.shape[-1] < 2:
+            raise ValueError(f"Classification needs one output per class (at least 2), the model gives "
+                             f"{outputs.shape[-1]}; for a single real-valued output use Regression()")
         if targets.min() < 0 or targets.max() >= outputs.shape[-1]:
             raise ValueError(f"class labels must lie in 0..{outputs.shape[-1] - 1}")
 

@@ -33,6 +33,7 @@ class Term:
     theta: Tensor
     u: Tensor
     scale: float
+    part: int = 0  # which piece of the method the term belongs to (SOURCE: its segment)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .. import curvature as curv
 from ..datasets import Split
 from ..grads import measurement_grads
 from ..training import Run
-from .products import Plan, Term
+from .products import Plan, Term, evaluate
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def source_walk(run: Run, v: Tensor, segments: int | Sequence[int] = 3, curvatur
             fns.append(curv.functions.forget(eta, seg.steps, form))
         u, *rest = H.apply_many(fns, v)  # one rotation into the eigenbasis for both functions
         v = rest[0] if rest else v
-        terms += [Term(theta, u, -1.0 / (run.num_train * len(thetas))) for theta in thetas]  # u . gbar_l(i)
+        terms += [Term(theta, u, -1.0 / (run.num_train * len(thetas)), index) for theta in thetas]  # u . gbar_l(i)
     return Plan(run.model, run.task, data, terms, len(v) if queries is None else queries), (v if propagate else None)
 
 
@@ -137,3 +137,14 @@ def source_plan(run: Run, query: Split, segments: int | Sequence[int] = 3, curva
     dtype = run.final.dtype
     v = measurement_grads(run.model, run.task, run.final, query.to(dtype))
     return source_walk(run, v, segments, curvature, form, fast, progress=progress)[0]
+
+
+def segment_scores(run: Run, query: Split, segments: int | Sequence[int] = 3, curvature: curv.CurvatureSpec = "ggn",
+                   form: str = "exp", fast: bool = False, progress: bool = True) -> list[Tensor]:
+    """Each segment's share of SOURCE's scores, first segment first: [Q, N] per segment (they add up to
+    ``attribute(run, query, "source", ...)``). Shows where along training the attribution comes from."""
+    plan = source_plan(run, query, segments, curvature, form, fast, progress)
+    parts = sorted({t.part for t in plan.terms})
+    pieces = [Plan(plan.model, plan.task, plan.data, [t for t in plan.terms if t.part == p], plan.queries)
+              for p in parts]
+    return [values.to(run.final.dtype) for values in evaluate(pieces, progress=progress)]

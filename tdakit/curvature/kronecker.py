@@ -1,4 +1,4 @@
-"""K-FAC and EK-FAC curvature for nn.Linear and nn.Conv2d layers (DESIGN.md section 3).
+"""K-FAC and EK-FAC curvature for nn.Linear and nn.Conv2d layers (docs/curvature.md).
 
 Each supported layer's parameters form one matrix W [out, in (+1 bias column)]. A training example's
 gradient of that matrix is G = sum_t d_t a_t^T over the layer's positions t (one for Linear, one per
