@@ -22,12 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seeds", type=int, default=5, help="retraining seeds R per subset (default 5)")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the paper's 20)")
     demo.add_argument("--queries", type=int, default=None, help="use only the first Q queries")
+    demo.add_argument("--train", type=int, default=None, help="use only the first N training points (a quick look)")
     demo.add_argument("--no-cache", action="store_true", help="recompute runs and ground truth")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         run_demo(out=args.out, model=args.model, subsets=args.subsets, seeds=args.seeds, epochs=args.epochs,
-                 queries=args.queries, cache=not args.no_cache, progress=not args.quiet)
+                 queries=args.queries, train_points=args.train, cache=not args.no_cache, progress=not args.quiet)
     except ValueError as err:
         print(f"tdakit: {err}", file=sys.stderr)
         return 2

@@ -30,8 +30,8 @@ MODELS = {"paper": "concrete", "narrow": "concrete_narrow"}
 
 
 def run_demo(out: str = "tdakit-report", model: str = "paper", subsets: int = 100, seeds: int = 5,
-             epochs: int | None = None, queries: int | None = None, cache: bool = True, progress: bool = True,
-             say=print) -> Table:
+             epochs: int | None = None, queries: int | None = None, train_points: int | None = None,
+             cache: bool = True, progress: bool = True, say=print) -> Table:
     """Run the demo; returns the table (also written to ``out``/table.json)."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
@@ -39,6 +39,8 @@ def run_demo(out: str = "tdakit-report", model: str = "paper", subsets: int = 10
         raise ValueError("the ground truth needs at least 2 subsets and 2 seeds (reliability splits seeds)")
     if queries is not None and queries < 1:
         raise ValueError(f"--queries must be at least 1 (or left out for all queries), got {queries}")
+    if train_points is not None and train_points < 2:
+        raise ValueError(f"--train must be at least 2 (or left out for all training points), got {train_points}")
     if epochs is not None and epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {epochs}")
     setting = preset(MODELS[model])
@@ -47,6 +49,8 @@ def run_demo(out: str = "tdakit-report", model: str = "paper", subsets: int = 10
     data = setting.data()
     query = data.query if queries is None else data.query.subset(slice(0, queries))
     r = setting.recipe
+    if train_points is not None:
+        data = dataclasses.replace(data, train=data.train.subset(slice(0, train_points)))
     say(f"UCI Concrete: {len(data.train)} training points, {len(query)} queries; MLP {setting.hidden} with the "
         f"paper's recipe ({r.epochs} epochs, lr {r.lr}, momentum {r.momentum}, batch {r.batch_size}, wd "
         f"{r.weight_decay}); curvature: {setting.curvature}; cache: {store.folder(cache) or 'off'}")

@@ -217,7 +217,7 @@ class Experiment:
                 fresh[label] = got[self.stage] if isinstance(got, list) else got
         for label, s in fresh.items():
             store.save(cache, "scores", self._key(methods[label]),
-                       {"values": s.values.detach().cpu(), "seconds": torch.tensor(s.seconds)})
+                       {"values": s.values.detach().cpu(), "seconds": torch.tensor(s.seconds, dtype=torch.float64)})
         ordered = {label: found.get(label) or fresh[label] for label in methods}
         return ordered, {label: label in found for label in methods}
 

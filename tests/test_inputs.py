@@ -75,3 +75,44 @@ def test_classification_margin_and_loss():
         logits, y, reduction="none"))
     with pytest.raises(ValueError, match="class labels must lie in 0..2"):
         tdakit.Classification().check_targets(logits, torch.tensor([0, 3]))
+
+
+def test_raw_errors_of_a_first_hour_are_clear_messages(small_regression, concrete):
+    train, query = small_regression
+    run = tdakit.train(smooth_mlp(), train, tdakit.Recipe(epochs=2, batch_size=16), tdakit.Regression(),
+                       dtype=torch.float64, progress=False, cache=False)
+    with pytest.raises(ValueError, match="segments must be a whole number L or a list of boundaries"):
+        tdakit.attribute(run, query, "source", segments=2.5, progress=False)
+    with pytest.raises(ValueError, match=r"query examples have shape \(5,\) but the run was trained on \(8,\)"):
+        tdakit.attribute(run, Split(query.x[:, :5], query.y), "influence", progress=False)
+    with pytest.raises(ValueError, match="Classification needs integer class labels.*use Regression"):
+        tdakit.train(tdakit.mlp(8, (4,), 3), concrete.train, tdakit.Recipe(), tdakit.Classification(), progress=False)
+    with pytest.raises(ValueError, match="Classification needs one output per class"):
+        tdakit.train(smooth_mlp(), Split(train.x, (train.y > 0).long()), tdakit.Recipe(), tdakit.Classification(),
+                     progress=False)
+    with pytest.raises(ValueError, match="subsets must be a whole number >= 2, got 0"):
+        tdakit.groundtruth(run, query, subsets=0, seeds=2, progress=False)
+    with pytest.raises(ValueError, match="seeds must be a whole number >= 1"):
+        tdakit.groundtruth(run, query, subsets=4, seeds=0, progress=False)
+    with pytest.raises(ValueError, match="query split is empty"):
+        tdakit.groundtruth(run, query.subset(slice(0, 0)), subsets=4, seeds=2, progress=False)
+    with pytest.raises(ValueError, match="checkpoints must be a count, 'all' or a list of steps"):
+        tdakit.train(smooth_mlp(), train, tdakit.Recipe(epochs=1), tdakit.Regression(), checkpoints="most")
+    with pytest.raises(ValueError, match="damping must be a finite number >= 0"):
+        tdakit.attribute(run, query, "influence", damping=-1.0, progress=False)
+    no_checkpoints = tdakit.train(smooth_mlp(), train, tdakit.Recipe(epochs=1), tdakit.Regression(), checkpoints=0,
+                                  dtype=torch.float64, progress=False, cache=False)
+    with pytest.raises(ValueError, match="tracin needs checkpoints, and this run has none"):
+        tdakit.attribute(no_checkpoints, query, "tracin", progress=False)
+
+
+def test_presets_are_named_and_unknown_ones_listed():
+    assert {"concrete", "mnist", "noisy_mnist", "rotated_mnist"} <= set(tdakit.presets.PRESETS)
+    with pytest.raises(ValueError, match="unknown preset 'cifar'; choose one of concrete"):
+        tdakit.preset("cifar")
+    concrete = tdakit.preset("concrete")
+    assert concrete.recipe.epochs == 20 and concrete.hidden == (128, 128, 128) and concrete.curvature == "ggn"
+    noisy = tdakit.preset("noisy_mnist").data()
+    clean = tdakit.preset("mnist").data()
+    changed = float((noisy.train.y != clean.train.y).double().mean())
+    assert 0.28 < changed < 0.32 and torch.equal(noisy.query.y, clean.query.y)

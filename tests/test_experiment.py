@@ -1,0 +1,104 @@
+"""The experiment runner: shared per-example gradients give the very scores of separate runs, the table
+judges them against one ground truth, and scores come back from the cache."""
+
+import json
+
+import matplotlib
+import pytest
+import torch
+
+import tdakit
+from tdakit.attribution import products
+from tdakit.evaluation import GroundTruth, lds, paired_difference, spearman
+from tdakit.experiment import Method, run_experiment
+
+from .references import smooth_mlp
+
+matplotlib.use("Agg")
+
+METHODS = {
+    "influence": Method("influence", curvature="ggn"),
+    "SOURCE": Method("source", segments=3, curvature="ggn"),
+    "Fast-SOURCE": Method("fast_source", segments=3, curvature="ggn"),
+    "TracIn": Method("tracin"),
+    "grad dot": Method("grad_dot"),
+    "grad cos": Method("grad_cos"),
+    "unrolled": Method("unrolled"),
+}
+
+
+@pytest.fixture(scope="module")
+def setting(small_regression):
+    train, query = small_regression
+    recipe = tdakit.Recipe(lr=0.05, epochs=6, batch_size=16, weight_decay=1e-3)
+    run = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), checkpoints=6, dtype=torch.float64,
+                       progress=False, cache=False)
+    truth = tdakit.groundtruth(run, query, subsets=12, seeds=3, progress=False, cache=False)
+    return run, query, truth
+
+
+def test_shared_gradient_products_equal_separate_runs_and_are_made_once_per_parameters(setting, monkeypatch):
+    run, query, _ = setting
+    alone = {label: tdakit.attribute(run, query, m.method, progress=False, **m.settings).values
+             for label, m in METHODS.items()}
+    seen = []
+    original = products.loss_grads
+    monkeypatch.setattr(products, "loss_grads", lambda model, task, theta, data, chunk: (
+        seen.append(theta.clone()), original(model, task, theta, data, chunk))[1])
+    together = tdakit.attribute_many(run, query, {k: (m.method, m.settings) for k, m in METHODS.items()},
+                                     progress=False)
+    for label, values in alone.items():
+        assert torch.allclose(together[label].values, values, rtol=1e-10, atol=1e-14), label
+    # 6 checkpoints (the last is the final parameters: influence, SOURCE, TracIn and grad dot share it) and
+    # Fast-SOURCE's 3 segment means: 9 distinct parameter vectors, one pass over the 64 points each
+    assert len(seen) == 9
+    assert len({tuple(t.tolist()) for t in seen}) == 9
+
+
+def test_table_judges_every_method_against_one_ground_truth(setting, tmp_path):
+    run, query, truth = setting
+    table = run_experiment(run, query, METHODS, truth, reference="unrolled", baseline="influence",
+                           title="toy", progress=False, cache=tmp_path)
+    assert [r.label for r in table.rows] == list(METHODS)
+    source = table["SOURCE"]
+    assert source.lds.value == pytest.approx(lds(table.scores["SOURCE"], truth).value)
+    expected_gap = paired_difference(lds(table.scores["SOURCE"], truth), lds(table.scores["influence"], truth))
+    assert source.difference.value == pytest.approx(expected_gap.value)
+    assert table["unrolled"].vs_reference == pytest.approx(1.0)
+    assert source.vs_reference == pytest.approx(float(spearman(table.scores["SOURCE"].values.double(),
+                                                               table.scores["unrolled"].values.double()).mean()))
+    assert table["influence"].difference is None and not any(r.cached for r in table.rows)
+    text = str(table)
+    assert text.startswith("toy") and "vs unrolled" in text and "- influence (paired)" in text
+    table.save(tmp_path / "out" / "table.json")
+    saved = json.loads((tmp_path / "out" / "table.json").read_text())
+    assert saved["rows"][1]["label"] == "SOURCE" and saved["reliability"] == pytest.approx(table.reliability.reliability)
+    assert table.plot() is not None
+    again = run_experiment(run, query, METHODS, truth, reference="unrolled", baseline="influence", progress=False,
+                           cache=tmp_path)
+    assert all(r.cached for r in again.rows) and "(from cache)" in str(again)
+    assert all(torch.equal(again.scores[k].values, table.scores[k].values) for k in METHODS)
+
+
+def test_ensembles_and_pipeline_stages_run_through_the_same_table(setting, small_regression):
+    run, query, truth = setting
+    members = [run] + tdakit.train_ensemble(run.model, run.train, run.recipe, run.task, members=1,
+                                            dtype=torch.float64, progress=False)
+    table = run_experiment(members, query, {"TracIn ensemble": Method("tracin")}, truth, progress=False, cache=False)
+    mean = (tdakit.attribute(members[0], query, "tracin", progress=False).values
+            + tdakit.attribute(members[1], query, "tracin", progress=False).values) / 2
+    assert torch.allclose(table.scores["TracIn ensemble"].values, mean)
+    train, _ = small_regression
+    stages = [tdakit.Stage(train.subset(slice(0, 32)), tdakit.Recipe(epochs=2, batch_size=8), name="a"),
+              tdakit.Stage(train.subset(slice(32, 64)), tdakit.Recipe(epochs=2, batch_size=8, seed=1), name="b")]
+    staged = tdakit.train_stages(smooth_mlp(), stages, tdakit.Regression(), checkpoints=2, dtype=torch.float64,
+                                 progress=False, cache=False)
+    stage_truth = tdakit.groundtruth_stages(staged, query, 1, subsets=6, seeds=2, progress=False, cache=False)
+    got = run_experiment(staged, query, {"SOURCE": Method("source", segments=2, curvature="ggn")}, stage_truth,
+                         stage=1, progress=False, cache=False)
+    assert got.scores["SOURCE"].shape == (6, 32)
+    with pytest.raises(ValueError, match="say which stage"):
+        run_experiment(staged, query, {"SOURCE": Method("source")}, stage_truth, progress=False, cache=False)
+    with pytest.raises(ValueError, match="reference 'nope' is not one of the methods"):
+        run_experiment(run, query, {"TracIn": Method("tracin")}, GroundTruth(truth.masks, truth.values),
+                       reference="nope", progress=False, cache=False)
