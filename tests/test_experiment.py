@@ -72,7 +72,8 @@ def test_table_judges_every_method_against_one_ground_truth(setting, tmp_path):
     assert text.startswith("toy") and "vs unrolled" in text and "- influence (paired)" in text
     table.save(tmp_path / "out" / "table.json")
     saved = json.loads((tmp_path / "out" / "table.json").read_text())
-    assert saved["rows"][1]["label"] == "SOURCE" and saved["reliability"] == pytest.approx(table.reliability.reliability)
+    assert saved["rows"][1]["label"] == "SOURCE"
+    assert saved["reliability"] == pytest.approx(table.reliability.reliability)
     assert table.plot() is not None
     again = run_experiment(run, query, METHODS, truth, reference="unrolled", baseline="influence", progress=False,
                            cache=tmp_path)
