@@ -24,11 +24,14 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/concrete_lds.py --model paper --seeds 100
-	$(BIN)/python benchmarks/concrete_lds.py --model narrow --seeds 100
-	$(BIN)/python benchmarks/speed.py
-	$(BIN)/python benchmarks/lds_table.py --setting concrete --seeds 100
-	$(BIN)/python benchmarks/lds_table.py --setting mnist
+	$(BIN)/python benchmarks/lds_table.py --preset concrete --seeds 100
+	$(BIN)/python benchmarks/lds_table.py --preset concrete_narrow --seeds 100
+	$(BIN)/python benchmarks/lds_table.py --preset mnist
+	$(BIN)/python benchmarks/checkpoint_placement.py concrete
+	$(BIN)/python benchmarks/checkpoint_placement.py noisy_mnist
+	$(BIN)/python benchmarks/checkpoint_placement.py rotated_mnist
+	$(BIN)/python benchmarks/checkpoint_placement.py mnist
+	$(BIN)/python benchmarks/speed.py --demo
 	$(BIN)/python benchmarks/kronfluence_compare.py --setting concrete
 	$(BIN)/python benchmarks/kronfluence_compare.py --setting mnist
 	$(BIN)/python benchmarks/scaling.py

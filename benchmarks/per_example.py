@@ -17,8 +17,9 @@ from tdakit.models import FlatModel
 
 
 def main() -> None:
-    data = tdakit.datasets.load("mnist5k")
-    model, task = FlatModel(tdakit.mlp(784, (512, 256, 128), 10)), tdakit.Classification()
+    setting = tdakit.preset("mnist")
+    data = setting.data()
+    model, task = FlatModel(setting.model(784)), setting.task
     theta = model.init(0)
     slots, _ = model.layers()
     for n in (128, 512):

@@ -87,26 +87,39 @@ class Table:
         raise KeyError(f"no row {label!r}; rows: {[r.label for r in self.rows]}")
 
     def __str__(self) -> str:
+        return self.text()
+
+    def text(self, seconds: bool = True, digits: int = 3) -> str:
+        """The table as text; seconds=False leaves out the timing column (stable output for notebooks),
+        digits rounds the LDS figures."""
         width = max([len(r.label) for r in self.rows] + [6])
+
+        def interval(i: Interval) -> str:
+            return f"{i.value:.{digits}f} [{i.low:.{digits}f}, {i.high:.{digits}f}]"
+
         head = f"{'method':<{width}}  {'LDS [95% interval]':<24}"
         if self.reference:
             head += f"  {'vs ' + self.reference:>{max(14, len(self.reference) + 3)}}"
         if self.baseline:
             head += f"  {'- ' + self.baseline + ' (paired)':<28}"
-        head += f"  {'seconds':>16}"
+        if seconds:
+            head += f"  {'seconds':>16}"
         lines = [self.title] if self.title else []
         lines.append(head)
         for r in self.rows:
-            line = f"{r.label:<{width}}  {str(r.lds):<24}"
+            line = f"{r.label:<{width}}  {interval(r.lds):<24}"
             if self.reference:
                 cell = "" if r.vs_reference is None else f"{r.vs_reference:.3f}"
                 line += f"  {cell:>{max(14, len(self.reference) + 3)}}"
             if self.baseline:
-                line += f"  {'' if r.difference is None else str(r.difference):<28}"
-            line += f"  {'(from cache)' if r.cached else f'{r.seconds:.1f}':>16}"
+                line += f"  {'' if r.difference is None else interval(r.difference):<28}"
+            if seconds:
+                line += f"  {'(from cache)' if r.cached else f'{r.seconds:.1f}':>16}"
             lines.append(line)
         if self.reliability is not None:
-            lines.append(f"ground truth: {self.reliability}")
+            rel = self.reliability
+            lines.append(f"ground truth: reliability {rel.reliability:.{digits}f} (R = {rel.seeds}), LDS ceiling "
+                         f"~{rel.ceiling:.{digits}f}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -171,6 +184,7 @@ class Experiment:
     baseline: str | None = None
     stage: int | None = None
     title: str = ""
+    scores: Mapping[str, Scores] | None = None  # already computed scores by label: judged, not recomputed
 
     def table(self, progress: bool = True, cache: store.CacheSpec = True) -> Table:
         """Compute (or read from the cache) every method's scores and judge them."""
@@ -199,12 +213,15 @@ class Experiment:
                             method.method, sorted(method.settings.items(), key=lambda kv: kv[0]))
 
     def _scores(self, methods: dict[str, Method], progress: bool, cache) -> tuple[dict[str, Scores], dict[str, bool]]:
+        given = dict(self.scores or {})
         found: dict[str, Scores] = {}
         for label, m in methods.items():
+            if label in given:
+                continue
             hit = store.load(cache, "scores", self._key(m))
             if hit is not None:
                 found[label] = Scores(hit["values"], m.method, float(hit["seconds"]), m.settings)
-        todo = {label: m for label, m in methods.items() if label not in found}
+        todo = {label: m for label, m in methods.items() if label not in found and label not in given}
         fresh: dict[str, Scores] = {}
         if isinstance(self.run, Run):
             fresh = attribute_many(self.run, self.query, {label: (m.method, m.settings) for label, m in todo.items()},
@@ -218,16 +235,17 @@ class Experiment:
         for label, s in fresh.items():
             store.save(cache, "scores", self._key(methods[label]),
                        {"values": s.values.detach().cpu(), "seconds": torch.tensor(s.seconds, dtype=torch.float64)})
-        ordered = {label: found.get(label) or fresh[label] for label in methods}
+        ordered = {label: given.get(label) or found.get(label) or fresh[label] for label in methods}
         return ordered, {label: label in found for label in methods}
 
 
 def run_experiment(run: Run | StagedRun | Sequence[Run], query: Split, methods: Mapping[str, Method | tuple | str],
                    truth: GroundTruth, reference: str | None = None, baseline: str | None = None,
                    stage: int | None = None, title: str = "", progress: bool = True,
-                   cache: store.CacheSpec = True) -> Table:
-    """``Experiment(...).table()``: see ``Experiment`` and ``Table``."""
-    return Experiment(run, query, truth, methods, reference, baseline, stage, title).table(progress, cache)
+                   cache: store.CacheSpec = True, scores: Mapping[str, Scores] | None = None) -> Table:
+    """``Experiment(...).table()``: see ``Experiment`` and ``Table``. scores: {label: Scores} computed
+    already (e.g. by ``attribute_many``), judged as they are."""
+    return Experiment(run, query, truth, methods, reference, baseline, stage, title, scores).table(progress, cache)
 
 
 def scores_of(table: Table) -> dict[str, Tensor]:

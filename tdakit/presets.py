@@ -1,7 +1,7 @@
 """The paper's settings, written once: data, model, task, recipe, checkpoints and the methods to compare.
 
 The demo, every benchmark and every notebook start from a preset, so a setting means the same thing
-everywhere (docs/settings.md lists them). ``preset("concrete").train()`` trains its run;
+everywhere (docs/experiments.md lists them). ``preset("concrete").train()`` trains its run;
 ``.methods()`` names the method configurations the experiment runner compares on it.
 
 - concrete: UCI Concrete, 896 train / 103 queries; MLP 3 x 128; SGD momentum 0.9, lr 3e-2, weight decay

@@ -103,3 +103,28 @@ def test_ensembles_and_pipeline_stages_run_through_the_same_table(setting, small
     with pytest.raises(ValueError, match="reference 'nope' is not one of the methods"):
         run_experiment(run, query, {"TracIn": Method("tracin")}, GroundTruth(truth.masks, truth.values),
                        reference="nope", progress=False, cache=False)
+
+
+def test_a_registered_method_shares_gradients_and_runs_everywhere(setting):
+    """The example of docs/extending.md: a Plan-returning method registered once."""
+    from tdakit.attribution import METHODS, Plan, Term, register_method
+    from tdakit.grads import measurement_grads
+
+    run, query, truth = setting
+
+    def last_checkpoint_dot(run, query, progress=True):
+        theta = run.checkpoints[-1]
+        v = measurement_grads(run.model, run.task, theta, query.to(theta.dtype))
+        return Plan(run.model, run.task, run.train, [Term(theta, v, -1.0 / run.num_train)], len(query))
+
+    register_method("last_dot_for_test", last_checkpoint_dot, needs_checkpoints=True)
+    try:
+        got = tdakit.attribute(run, query, "last_dot_for_test", progress=False).values
+        rate = float(run.effective_lrs.sum())
+        # the last checkpoint is the final parameters: grad_dot's scores divided by the run's summed rate
+        assert torch.allclose(got * rate, tdakit.attribute(run, query, "grad_dot", progress=False).values)
+        table = run_experiment(run, query, {"mine": Method("last_dot_for_test"), "TracIn": Method("tracin")}, truth,
+                               progress=False, cache=False)
+        assert [r.label for r in table.rows] == ["mine", "TracIn"]
+    finally:
+        del METHODS["last_dot_for_test"]

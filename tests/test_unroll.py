@@ -3,14 +3,10 @@
 import torch
 
 import tdakit
-from tdakit.grads import measurements
 from tdakit.unroll import replay
 
-from .conftest import smooth_mlp
-
-
-def _measure_with_weights(run, query, weights):
-    return measurements(run.model, run.task, replay(run, torch.float64, weights)[-1], query)
+from .references import measure_with_weights as _measure_with_weights
+from .references import smooth_mlp
 
 
 def test_unrolled_scores_equal_finite_differences(small_regression):
