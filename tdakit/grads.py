@@ -11,28 +11,24 @@ from .models import FlatModel
 from .task import Task
 
 
-def _chunked(fn, n: int, chunk: int) -> Tensor:
-    return torch.cat([fn(slice(s, min(s + chunk, n))) for s in range(0, n, chunk)])
+def per_example_grads(model: FlatModel, fn, theta: Tensor, data: Split, chunk: int = 256) -> Tensor:
+    """grad_theta fn(outputs of example i, target i) for every example, vmapped in chunks: [n, P]."""
+    def one(th, x, y):
+        return fn(model(th, x[None]), y[None])[0]
+
+    per_example = vmap(grad(one), in_dims=(None, 0, 0))
+    data = data.to(theta.dtype, theta.device)
+    return torch.cat([per_example(theta, data.x[s:s + chunk], data.y[s:s + chunk]) for s in range(0, len(data), chunk)])
 
 
 def loss_grads(model: FlatModel, task: Task, theta: Tensor, data: Split, chunk: int = 256) -> Tensor:
     """grad_theta L(z_i, theta) for every example (no weight decay): [n, P]."""
-    def one(th, x, y):
-        return task.loss(model(th, x[None]), y[None])[0]
-
-    per_example = vmap(grad(one), in_dims=(None, 0, 0))
-    data = data.to(theta.dtype, theta.device)
-    return _chunked(lambda s: per_example(theta, data.x[s], data.y[s]), len(data), chunk)
+    return per_example_grads(model, task.loss, theta, data, chunk)
 
 
 def measurement_grads(model: FlatModel, task: Task, theta: Tensor, query: Split, chunk: int = 256) -> Tensor:
     """grad_theta f_q(theta) for every query: [Q, P]."""
-    def one(th, x, y):
-        return task.measurement(model(th, x[None]), y[None])[0]
-
-    per_query = vmap(grad(one), in_dims=(None, 0, 0))
-    query = query.to(theta.dtype, theta.device)
-    return _chunked(lambda s: per_query(theta, query.x[s], query.y[s]), len(query), chunk)
+    return per_example_grads(model, task.measurement, theta, query, chunk)
 
 
 def measurements(model: FlatModel, task: Task, theta: Tensor, query: Split) -> Tensor:
@@ -66,29 +62,12 @@ def output_jacobians(model: FlatModel, task: Task, theta: Tensor, data: Split, c
         root = psd_sqrt(lam)
         return root @ j
 
-    return _chunked(factors, len(data), chunk)
+    return torch.cat([factors(slice(s, s + chunk)) for s in range(0, len(data), chunk)])
 
 
 def rows_per_chunk(num_params: int, budget_elements: int = 2**26) -> int:
     """How many per-example gradients [rows, P] to hold at once (~256 MiB in float32)."""
     return max(1, min(512, budget_elements // num_params))
-
-
-def gradient_products(model: FlatModel, task: Task, thetas: Tensor, data: Split, u: Tensor,
-                      chunk: int | None = None) -> Tensor:
-    """u @ gbar(i) for every example: [Q, n] float64, with u [Q, P] and gbar(i) the mean over thetas
-    [C, P] (or one theta [P]) of grad L(z_i, theta). Per-example gradients are made chunk by chunk and
-    never held for the whole dataset, so memory stays at chunk x P."""
-    thetas = thetas.reshape(-1, thetas.shape[-1])
-    chunk = chunk or rows_per_chunk(thetas.shape[-1])
-    data = data.to(thetas.dtype, thetas.device)
-    u = u.to(thetas.dtype)
-    out = torch.zeros(len(u), len(data), dtype=torch.float64, device=u.device)
-    for theta in thetas:
-        for s in range(0, len(data), chunk):
-            part = data.subset(slice(s, s + chunk))
-            out[:, s:s + chunk] += (u @ loss_grads(model, task, theta, part, chunk=chunk).T).double()
-    return out / len(thetas)
 
 
 def psd_sqrt(m: Tensor) -> Tensor:
