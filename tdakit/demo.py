@@ -69,7 +69,8 @@ def run_demo(out: str = "tdakit-report", model: str = "paper", subsets: int = 10
     chosen = {k: v for k, v in setting.methods().items() if k in DEMO_METHODS}
     methods = {"exact unrolling": Method("unrolled"), **chosen}
     table = run_experiment(run, query, methods, truth, reference="exact unrolling", baseline="influence",
-                           title=f"UCI Concrete, {setting.description}", progress=progress, cache=cache)
+                           title=f"UCI Concrete: LDS against retraining ({len(data.train)} points, "
+                                 f"{run.num_steps} steps, {setting.curvature})", progress=progress, cache=cache)
     say("")
     say(str(table))
     say(f"influence damping: 1/(eta_eff T) = {implied_damping(run):.3g}, implied by the recipe (not tuned)")
