@@ -160,7 +160,7 @@ def run_fingerprint(run: Run) -> str:
     return h.hexdigest()[:24]
 
 
-def _as_method(config) -> Method:
+def as_method(config) -> Method:
     if isinstance(config, Method):
         return config
     if isinstance(config, str):
@@ -188,13 +188,13 @@ class Experiment:
 
     def table(self, progress: bool = True, cache: store.CacheSpec = True) -> Table:
         """Compute (or read from the cache) every method's scores and judge them."""
-        methods = {label: _as_method(c) for label, c in self.methods.items()}
+        methods = {label: as_method(c) for label, c in self.methods.items()}
         for name, which in (("reference", self.reference), ("baseline", self.baseline)):
             if which is not None and which not in methods:
                 raise ValueError(f"{name} {which!r} is not one of the methods {list(methods)}")
         if isinstance(self.run, StagedRun) and self.stage is None:
             raise ValueError("for a pipeline, say which stage's points the ground truth is about: stage=...")
-        scores, cached = self._scores(methods, progress, cache)
+        scores, cached = self.compute(methods, progress, cache)
         results = {label: lds(s.values, self.truth) for label, s in scores.items()}
         ref = None if self.reference is None else scores[self.reference].values.double()
         rows = []
@@ -206,37 +206,46 @@ class Experiment:
         rel = reliability(self.truth) if self.truth.num_seeds >= 2 else None
         return Table(rows, rel, self.reference, self.baseline, self.title, scores)
 
-    def _key(self, method: Method) -> str:
-        runs = self.run.runs if isinstance(self.run, StagedRun) else (
-            [self.run] if isinstance(self.run, Run) else list(self.run))
-        return store.key_of("scores", [run_fingerprint(r) for r in runs], self.stage, self.query.fingerprint(),
-                            method.method, sorted(method.settings.items(), key=lambda kv: kv[0]))
+    def compute(self, methods: dict[str, Method], progress: bool = True,
+                cache: store.CacheSpec = True) -> tuple[dict[str, Scores], dict[str, bool]]:
+        """Scores of ``methods`` (given ones as they are, cached ones read): ({label: Scores}, {label: cached})."""
+        return compute_scores(self.run, self.query, methods, self.stage, progress, cache, self.scores)
 
-    def _scores(self, methods: dict[str, Method], progress: bool, cache) -> tuple[dict[str, Scores], dict[str, bool]]:
-        given = dict(self.scores or {})
-        found: dict[str, Scores] = {}
-        for label, m in methods.items():
-            if label in given:
-                continue
-            hit = store.load(cache, "scores", self._key(m))
-            if hit is not None:
-                found[label] = Scores(hit["values"], m.method, float(hit["seconds"]), m.settings)
-        todo = {label: m for label, m in methods.items() if label not in found and label not in given}
-        fresh: dict[str, Scores] = {}
-        if isinstance(self.run, Run):
-            fresh = attribute_many(self.run, self.query, {label: (m.method, m.settings) for label, m in todo.items()},
-                                   progress=progress)
-        else:
-            for label, m in todo.items():
-                got = (attribute(self.run, self.query, m.method, progress=progress, **m.settings)
-                       if isinstance(self.run, StagedRun)
-                       else ensemble(list(self.run), self.query, m.method, progress=progress, **m.settings))
-                fresh[label] = got[self.stage] if isinstance(got, list) else got
-        for label, s in fresh.items():
-            store.save(cache, "scores", self._key(methods[label]),
-                       {"values": s.values.detach().cpu(), "seconds": torch.tensor(s.seconds, dtype=torch.float64)})
-        ordered = {label: given.get(label) or found.get(label) or fresh[label] for label in methods}
-        return ordered, {label: label in found for label in methods}
+
+def _scores_key(run: Run | StagedRun | Sequence[Run], query: Split, stage: int | None, method: Method) -> str:
+    runs = run.runs if isinstance(run, StagedRun) else ([run] if isinstance(run, Run) else list(run))
+    return store.key_of("scores", [run_fingerprint(r) for r in runs], stage, query.fingerprint(), method.method,
+                        sorted(method.settings.items(), key=lambda kv: kv[0]))
+
+
+def compute_scores(run: Run | StagedRun | Sequence[Run], query: Split, methods: Mapping[str, Method],
+                   stage: int | None = None, progress: bool = True, cache: store.CacheSpec = True,
+                   given: Mapping[str, Scores] | None = None) -> tuple[dict[str, Scores], dict[str, bool]]:
+    """Every method's scores on a run (shared gradients), a pipeline's ``stage`` or an ensemble of runs, read
+    from the disk cache where they are there: ({label: Scores}, {label: whether read from the cache})."""
+    given = dict(given or {})
+    found: dict[str, Scores] = {}
+    for label, m in methods.items():
+        if label in given:
+            continue
+        hit = store.load(cache, "scores", _scores_key(run, query, stage, m))
+        if hit is not None:
+            found[label] = Scores(hit["values"], m.method, float(hit["seconds"]), m.settings)
+    todo = {label: m for label, m in methods.items() if label not in found and label not in given}
+    fresh: dict[str, Scores] = {}
+    if isinstance(run, Run):
+        fresh = attribute_many(run, query, {label: (m.method, m.settings) for label, m in todo.items()},
+                               progress=progress)
+    else:
+        for label, m in todo.items():
+            got = (attribute(run, query, m.method, progress=progress, **m.settings) if isinstance(run, StagedRun)
+                   else ensemble(list(run), query, m.method, progress=progress, **m.settings))
+            fresh[label] = got[stage] if isinstance(got, list) else got
+    for label, s in fresh.items():
+        store.save(cache, "scores", _scores_key(run, query, stage, methods[label]),
+                   {"values": s.values.detach().cpu(), "seconds": torch.tensor(s.seconds, dtype=torch.float64)})
+    ordered = {label: given.get(label) or found.get(label) or fresh[label] for label in methods}
+    return ordered, {label: label in found for label in methods}
 
 
 def run_experiment(run: Run | StagedRun | Sequence[Run], query: Split, methods: Mapping[str, Method | tuple | str],

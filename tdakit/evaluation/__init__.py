@@ -12,10 +12,11 @@ from .metrics import (
     reliability,
     spearman,
 )
-from .removal import Removal, leave_one_out, random_removal, subset_removal
+from .removal import Removal, leave_one_out, random_removal, retrained_measurements, subset_removal
 from .retrain import retrain, retrain_reweighted
 from .stages import groundtruth_stages, retrain_stages
 
 __all__ = ["GroundTruth", "groundtruth", "groundtruth_stages", "random_subsets", "Interval", "Reliability",
            "bootstrap", "lds", "paired_difference", "predictions", "rankdata", "reliability", "spearman", "Removal",
-           "leave_one_out", "random_removal", "subset_removal", "retrain", "retrain_reweighted", "retrain_stages"]
+           "leave_one_out", "random_removal", "retrained_measurements", "subset_removal", "retrain",
+           "retrain_reweighted", "retrain_stages"]

@@ -35,6 +35,35 @@ def _full_and_removed(run: Run, query: Split, removed: list[Tensor], seeds: int,
     return f[:, J], f[:, :J].transpose(0, 1)
 
 
+KINDS = ("fresh", "same")
+
+
+def retrained_measurements(run: Run, query: Split, removed: Sequence[int] | Tensor, kind: str = "fresh",
+                           seeds: int = 5, seed: int = 0, progress: bool = False) -> Tensor:
+    """f_q after deleting the training points ``removed`` and retraining, in measurement units.
+
+    kind="fresh": R = ``seeds`` new models (seed r: its own initialisation and batch order, the same for any
+    ``removed``, so that differences between deletions are paired): [R, Q]. kind="same": the recorded
+    trajectory (the run's initialisation and batch order) rerun with w_i = 0 for the removed points, the
+    counterfactual exact unrolling linearises: [1, Q]. An empty ``removed`` gives the full-data reference."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}: 'fresh' (new seeds) or 'same' (the recorded trajectory)")
+    removed = _check_points(removed, run.num_train)
+    if kind == "same":
+        weights = run.weights.detach().clone().to(run.final.dtype)[None]
+        weights[0, removed] = 0.0
+        theta = retrain_reweighted(run, weights, progress=progress)
+    else:
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise ValueError(f"seeds must be a whole number >= 1, got {seeds!r}")
+        keep = torch.ones(seeds, run.num_train, dtype=torch.bool)
+        keep[:, removed] = False
+        theta = retrain(run, keep, [seed_of("init", seed, r) for r in range(seeds)],
+                        [seed_of("what-if order", seed, r) for r in range(seeds)], progress=progress,
+                        desc="retrain without the points")
+    return measurements(run.model, run.task, theta, query.to(theta.dtype))
+
+
 def _check_points(points: Sequence[int] | Tensor, n: int) -> Tensor:
     points = torch.as_tensor(points, dtype=torch.long).reshape(-1)
     if len(points) and (points.min() < 0 or points.max() >= n):
