@@ -1,5 +1,7 @@
 """LDS, reliability, ground truth and removal against synthetic truths and actual retraining."""
 
+import dataclasses
+
 import pytest
 import scipy.stats
 import torch
@@ -162,3 +164,14 @@ def test_full_data_models_do_not_depend_on_the_number_of_removals(tiny_run, smal
     # the same seeds and batch orders; only the vmap batch (how many models train together) differs
     torch.testing.assert_close(one.before, many.before)
     torch.testing.assert_close(one.before, rand.before)
+
+
+def test_runs_that_differ_only_in_seed_share_one_ground_truth(small_regression, tmp_path):
+    train, query = small_regression
+    recipe = tdakit.Recipe(lr=0.05, epochs=2, batch_size=16)
+    runs = [tdakit.train(smooth_mlp(), train, dataclasses.replace(recipe, seed=s), tdakit.Regression(),
+                         dtype=torch.float64, progress=False, cache=False) for s in (0, 1)]
+    first = tdakit.groundtruth(runs[0], query, subsets=4, seeds=2, progress=False, cache=tmp_path)
+    entries = len(list(tmp_path.iterdir()))
+    second = tdakit.groundtruth(runs[1], query, subsets=4, seeds=2, progress=False, cache=tmp_path)
+    assert torch.equal(first.values, second.values) and len(list(tmp_path.iterdir())) == entries
