@@ -29,8 +29,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/lds_table.py --preset mnist
 	$(BIN)/python benchmarks/checkpoint_placement.py concrete
 	$(BIN)/python benchmarks/checkpoint_placement.py noisy_mnist
-	$(BIN)/python benchmarks/checkpoint_placement.py rotated_mnist
-	$(BIN)/python benchmarks/checkpoint_placement.py mnist
+	$(BIN)/python benchmarks/checkpoint_placement.py rotated_mnist --subsets 50
+	$(BIN)/python benchmarks/checkpoint_placement.py mnist --subsets 50
 	$(BIN)/python benchmarks/speed.py --demo
 	$(BIN)/python benchmarks/kronfluence_compare.py --setting concrete
 	$(BIN)/python benchmarks/kronfluence_compare.py --setting mnist

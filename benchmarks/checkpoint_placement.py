@@ -3,7 +3,7 @@ the final parameters) or at their midpoints. Same trajectory, same ground truth;
 checkpoints (and so the segment averages and TracIn's weights) differ.
 
     python benchmarks/checkpoint_placement.py concrete      # R = 100 ground truth, GGN and EK-FAC, seeds 0 and 1
-    python benchmarks/checkpoint_placement.py mnist         # M = 100, R = 5, EK-FAC
+    python benchmarks/checkpoint_placement.py mnist --subsets 50   # M = 50, R = 5, EK-FAC
     python benchmarks/checkpoint_placement.py noisy_mnist   # M = 100, R = 5, EK-FAC
     python benchmarks/checkpoint_placement.py rotated_mnist # last-stage images, M = 100, R = 5, EK-FAC
 
@@ -45,17 +45,17 @@ def compare(label: str, scores_by_placement: dict[str, dict[str, torch.Tensor]],
     return rows
 
 
-def single(setting: str) -> dict:
+def single(setting: str, subsets: int = 100) -> dict:
     p = preset(setting)
     data = p.data()
     seeds = 100 if setting == "concrete" else 5
     models = (0, 1) if setting == "concrete" else (0,)
     curvatures = ("ggn", "ekfac") if setting == "concrete" else ("ekfac",)
-    out = {"setting": setting, "description": p.description, "seeds": seeds, "rows": []}
+    out = {"setting": setting, "description": p.description, "seeds": seeds, "subsets": subsets, "rows": []}
     print("| model | method | midpoints | ends | ends - midpoints |\n|---|---|---|---|---|")
     for model_seed in models:
         runs = {pl: p.train(data, seed=model_seed, progress=False, placement=pl) for pl in PLACEMENTS}
-        truth = groundtruth(runs["end"], data.query, subsets=100, fraction=0.5, seeds=seeds, progress=False)
+        truth = groundtruth(runs["end"], data.query, subsets=subsets, fraction=0.5, seeds=seeds, progress=False)
         rel = reliability(truth)
         out[f"reliability_model_{model_seed}"] = rel.reliability
         print(f"model {model_seed}: checkpoints at {runs['end'].checkpoint_steps.tolist()} (ends) and "
@@ -73,14 +73,14 @@ def single(setting: str) -> dict:
     return out
 
 
-def rotated() -> dict:
+def rotated(subsets: int = 100) -> dict:
     p = preset("rotated_mnist")
     data = p.data()
     query = p.queries(data, angles=(0.0, 90.0))
     q = len(data.query)
     pipelines = {pl: p.train(data, progress=False, placement=pl) for pl in PLACEMENTS}
     last = len(pipelines["end"].runs) - 1
-    truth = groundtruth_stages(pipelines["end"], query, last, subsets=100, fraction=0.5, seeds=5, progress=False)
+    truth = groundtruth_stages(pipelines["end"], query, last, subsets=subsets, fraction=0.5, seeds=5, progress=False)
     out = {"setting": "rotated_mnist", "description": p.description, "stage": last, "rows": []}
     table = {"SOURCE L=3 per stage, C=6 (ekfac)": ("source", {"segments": 3, "curvature": "ekfac"}),
              "Fast-SOURCE L=3 per stage (ekfac)": ("fast_source", {"segments": 3, "curvature": "ekfac"}),
@@ -100,9 +100,10 @@ def rotated() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("setting", choices=["concrete", "mnist", "noisy_mnist", "rotated_mnist"])
+    parser.add_argument("--subsets", type=int, default=100, help="ground-truth subsets M (default 100)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    result = rotated() if args.setting == "rotated_mnist" else single(args.setting)
+    result = rotated(args.subsets) if args.setting == "rotated_mnist" else single(args.setting, args.subsets)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"checkpoint_placement_{args.setting}.json").write_text(json.dumps(result, indent=2))
 
