@@ -140,7 +140,7 @@ def removal(setting: str, members: int = 5) -> dict:
                  lambda c=c: tdakit.ensemble(runs, query, c.method, progress=False, **c.settings))
                 for label, c in SINGLE.items() if label in ENSEMBLED]
     methods.append(("oracle: exact unrolling of the recorded run",
-                    lambda: tdakit.attribute(run, query, "unrolled")))
+                    lambda: tdakit.attribute(run, query, "unrolled", progress=False)))
     curves, seconds = {}, {}
     for label, score in methods:
         s = score()

@@ -64,7 +64,7 @@ def single(setting: str, subsets: int = 100) -> dict:
             table = methods(curvature)
             if curvature != curvatures[0]:
                 table.pop("TracIn C=6")
-            scores = {pl: {name: tdakit.attribute(runs[pl], data.query, m, **kw).values
+            scores = {pl: {name: tdakit.attribute(runs[pl], data.query, m, progress=False, **kw).values
                            for name, (m, kw) in table.items()} for pl in PLACEMENTS}
             out["rows"] += compare(f"seed {model_seed}, R = {seeds}", scores, truth)
             if seeds > 5:  # the same comparison against the first 5 seeds only
@@ -85,8 +85,8 @@ def rotated(subsets: int = 100) -> dict:
     table = {"SOURCE L=3 per stage, C=6 (ekfac)": ("source", {"segments": 3, "curvature": "ekfac"}),
              "Fast-SOURCE L=3 per stage (ekfac)": ("fast_source", {"segments": 3, "curvature": "ekfac"}),
              "TracIn C=6 per stage": ("tracin", {})}
-    scores = {pl: {name: tdakit.staged_scores(pipelines[pl], query, m, **kw)[last] for name, (m, kw) in table.items()}
-              for pl in PLACEMENTS}
+    scores = {pl: {name: tdakit.attribute(pipelines[pl], query, m, progress=False, **kw)[last].values
+                   for name, (m, kw) in table.items()} for pl in PLACEMENTS}
     print("| queries | method | midpoints | ends | ends - midpoints |\n|---|---|---|---|---|")
     for k, angle in enumerate((0.0, 90.0)):
         rows = slice(k * q, (k + 1) * q)

@@ -85,7 +85,7 @@ def main() -> None:
     print(f"{args.setting}: {run.model.num_params} parameters, {run.num_train} train, {len(query)} queries, "
           f"damping {damping:.3g} (+ weight decay {recipe.weight_decay:g})")
     curvature = tdakit.curvature.Kronecker(fisher="empirical")
-    ours, ours_s = median_seconds(lambda: tdakit.attribute(run, query, "influence", curvature=curvature,
+    ours, ours_s = median_seconds(lambda: tdakit.attribute(run, query, "influence", curvature=curvature, progress=False,
                                                            damping=damping).values.double(), args.repeats)
     with tempfile.TemporaryDirectory() as workdir:
         theirs, theirs_s = median_seconds(lambda: kronfluence_scores(

@@ -46,7 +46,7 @@ def one(method: str, size: int) -> dict:
     before = peak_mib()
     name, settings = METHODS[method]
     start = time.perf_counter()
-    tdakit.attribute(run, data.query, name, **settings)
+    tdakit.attribute(run, data.query, name, progress=False, **settings)
     return {"method": method, "train": size, "seconds": time.perf_counter() - start,
             "peak_mib": peak_mib(), "mib_before": before}
 

@@ -68,7 +68,8 @@ def main() -> None:
           f"{len(data.query)} queries x {len(data.train)} points: {t:.1f} s (median of {args.repeats})")
     for method, kw in (("influence", {}), ("source", {"segments": 3}), ("source", {"segments": 1}),
                        ("fast_source", {"segments": 3})):
-        t = median_seconds(lambda m=method, k=kw: tdakit.attribute(run, data.query, m, **k), args.repeats)
+        t = median_seconds(lambda m=method, k=kw: tdakit.attribute(run, data.query, m, progress=False, **k),
+                           args.repeats)
         print(f"{method} {kw}: {t:.1f} s (median of {args.repeats})")
 
     masks = random_subsets(len(data.train), 256, 0.5, seed=0)
