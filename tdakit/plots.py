@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from . import store
 from .curvature import functions
 from .evaluation.metrics import Interval, predictions, spearman
 
@@ -48,15 +47,7 @@ def use_style() -> None:
 
 def save(fig, path: str | os.PathLike) -> None:
     """Save a figure as PNG at 150 dpi, atomically (a temporary file moved into place)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=150)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    store.write_atomic(path, lambda f: fig.savefig(f, dpi=150, format="png"))
 
 
 def _axes(ax, size=(4, 4)):

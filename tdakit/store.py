@@ -41,16 +41,23 @@ def key_of(*parts) -> str:
     return hashlib.sha256(repr((VERSION, *parts)).encode()).hexdigest()[:24]
 
 
-def save_atomic(path: Path, value: dict) -> None:
+def write_atomic(path: str | os.PathLike, write: Callable) -> None:
+    """write(binary file) into a temporary file beside ``path``, then move it into place: readers never see
+    a half-written file, and an interruption leaves the old one (or none)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(value, f)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomic(path: Path, value: dict) -> None:
+    write_atomic(path, lambda f: torch.save(value, f))
 
 
 def load(cache: CacheSpec, name: str, key: str) -> dict | None:
