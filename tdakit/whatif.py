@@ -18,17 +18,20 @@ so repeating a deletion is immediate.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor
 
 from . import store
-from .attribution import Scores
+from .attribution import Scores, check_method
+from .concurrency import compute_lock
 from .datasets import Split
 from .evaluation.removal import KINDS, most_harmful_to_remove, retrained_measurements
 from .experiment import Method, as_method, compute_scores
 from .training import Run
+
+SIDES = ("helpful", "harmful")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class Trial:
     the change every method predicts for deleting them and the change retraining shows (measurement units)."""
 
     query: int
-    chosen_by: str | None
+    chosen_by: str | None  # a method label, or None for points picked by hand
+    side: str  # "helpful" or "harmful" (for a method's choice) or "picked"
     kind: str
     points: tuple[int, ...]
     predicted: dict[str, float]
@@ -71,14 +75,30 @@ class WhatIf:
             raise ValueError(f"seeds must be a whole number >= 1, got {self.seeds!r}")
         self._scores: dict[str, Scores] = {}
         self._outcomes: dict[tuple, Tensor] = {}
+        self.unavailable: dict[str, str] = {}  # label -> why the method cannot run on this run
+        for label, m in self.methods.items():
+            try:
+                check_method(self.run, self.query, m.method, m.settings)
+            except ValueError as error:
+                self.unavailable[label] = str(error)
+        if len(self.unavailable) == len(self.methods):
+            raise ValueError("none of the methods can run on this run: " + "; ".join(
+                f"{label}: {why}" for label, why in self.unavailable.items()))
+
+    @property
+    def available(self) -> list[str]:
+        """The labels of the methods that can run on this run (the others are in ``unavailable``)."""
+        return [label for label in self.methods if label not in self.unavailable]
 
     # -- scores and predictions -------------------------------------------------------------------------
     def scores(self, method: str) -> Scores:
         """The method's scores for every query [Q, N], computed once (shared gradients, disk cache)."""
         self._check_method(method)
-        if method not in self._scores:
-            got, _ = compute_scores(self.run, self.query, self.methods, progress=self.progress, cache=self.cache)
-            self._scores.update(got)
+        with compute_lock:  # an explorer's workers and the notebook may ask at the same time
+            if method not in self._scores:
+                todo = {label: self.methods[label] for label in self.available}
+                got, _ = compute_scores(self.run, self.query, todo, progress=self.progress, cache=self.cache)
+                self._scores.update(got)
         return self._scores[method]
 
     def blamed(self, query: int, method: str, k: int) -> tuple[list[int], list[int]]:
@@ -96,43 +116,62 @@ class WhatIf:
         """The change of f_q every method predicts for deleting ``points``: -sum of their scores."""
         self._check_query(query)
         points = self._check_points(points)
-        return {label: float(self.scores(label).predicted_change(points)[query]) for label in self.methods}
+        return {label: float(self.scores(label).predicted_change(points)[query]) for label in self.available}
 
     # -- what actually happens ---------------------------------------------------------------------------
-    def outcome(self, points: Sequence[int], kind: str = "fresh") -> Tensor:
-        """f_q of every query after deleting ``points`` and retraining, per seed: [R, Q] (cached)."""
+    def outcome(self, points: Sequence[int], kind: str = "fresh",
+                on_step: Callable[[float], object] | None = None) -> Tensor:
+        """f_q of every query after deleting ``points`` and retraining, per seed: [R, Q] (cached).
+        on_step: called after every training step (progress; raising there stops the retraining)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be 'fresh' (new seeds: the expected effect) or 'same' (the recorded "
                              f"trajectory), got {kind!r}")
         key = (kind, tuple(sorted(set(points))))
-        if key not in self._outcomes:
-            self._outcomes[key] = retrained_measurements(self.run, self.query, list(key[1]), kind, self.seeds,
-                                                         self.seed, progress=self.progress)
+        with compute_lock:
+            if key not in self._outcomes:
+                self._outcomes[key] = retrained_measurements(self.run, self.query, list(key[1]), kind, self.seeds,
+                                                             self.seed, progress=self.progress, on_step=on_step)
         return self._outcomes[key]
 
-    def actual(self, query: int, points: Sequence[int], kind: str = "fresh") -> tuple[float, float]:
+    def is_cached(self, points: Sequence[int], kind: str) -> bool:
+        """Whether deleting ``points`` (and the full-data reference) has been retrained already."""
+        return all((kind, key) in self._outcomes for key in (tuple(sorted(set(points))), ()))
+
+    def actual(self, query: int, points: Sequence[int], kind: str = "fresh",
+               on_step: Callable[[float], object] | None = None) -> tuple[float, float]:
         """(mean change of f_q, its standard error over seeds) when ``points`` are deleted; for "same" the
         error is 0 (one trajectory)."""
         self._check_query(query)
         points = self._check_points(points)
-        change = self.outcome(points, kind)[:, query] - self.outcome([], kind)[:, query]
+        change = self.outcome(points, kind, on_step)[:, query] - self.outcome([], kind, on_step)[:, query]
         spread = float(change.std() / len(change) ** 0.5) if len(change) > 1 else 0.0
         return float(change.mean()), spread
 
     # -- what a click does -------------------------------------------------------------------------------
+    def choose(self, query: int, method: str | None = None, k: int | None = None,
+               points: Sequence[int] | None = None, side: str = "helpful") -> list[int]:
+        """The points a deletion removes: a method's k most helpful (or harmful) for the query, or ``points``."""
+        if points is not None:
+            return self._check_points(points)
+        if method is None or k is None:
+            raise ValueError("say what to delete: a method and k, or points=[...] picked by hand")
+        if side not in SIDES:
+            raise ValueError(f"side must be 'helpful' or 'harmful', got {side!r}")
+        helpful, harmful = self.blamed(query, method, k)
+        return sorted(helpful if side == "helpful" else harmful)
+
     def delete(self, query: int, method: str | None = None, k: int | None = None, points: Sequence[int] | None = None,
-               kind: str = "fresh") -> Trial:
-        """Delete a method's k most helpful points for a query (or the hand-picked ``points``), retrain, and
-        record the trial."""
+               kind: str = "fresh", side: str = "helpful", on_step: Callable[[float], object] | None = None) -> Trial:
+        """Delete a method's k most helpful (``side="harmful"``: most harmful) points for a query, or the
+        hand-picked ``points``; retrain; record and return the trial."""
         start = time.perf_counter()
-        if points is None:
-            if method is None or k is None:
-                raise ValueError("say what to delete: a method and k, or points=[...] picked by hand")
-            points = self.blamed(query, method, k)[0]
-        points = self._check_points(points)
+        self._check_query(query)
+        picked = points is not None
+        points = self.choose(query, method, k, points, side)
         predicted = self.predict(query, points)
-        actual, spread = self.actual(query, points, kind)
-        trial = Trial(query, method, kind, tuple(points), predicted, actual, spread, time.perf_counter() - start)
+        actual, spread = self.actual(query, points, kind, on_step)
+        trial = Trial(query, None if picked else method, "picked" if picked else side, kind, tuple(points),
+                      predicted, actual, spread, time.perf_counter() - start)
         self.history.append(trial)
         return trial
 
@@ -146,6 +185,8 @@ class WhatIf:
     def _check_method(self, method: str) -> None:
         if method not in self.methods:
             raise ValueError(f"unknown method {method!r}; this explorer has {', '.join(self.methods)}")
+        if method in self.unavailable:
+            raise ValueError(f"{method} cannot run on this run: {self.unavailable[method]}")
 
     def _check_query(self, query: int) -> None:
         if isinstance(query, bool) or not isinstance(query, int) or not 0 <= query < len(self.query):

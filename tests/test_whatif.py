@@ -79,8 +79,13 @@ def test_bad_input_gets_a_message_and_the_explorer_stays_usable(explorer, small_
     train, query = small_regression
     bare = tdakit.train(smooth_mlp(), train, tdakit.Recipe(epochs=1), tdakit.Regression(), checkpoints=0,
                         dtype=torch.float64, progress=False, cache=False)
-    with pytest.raises(ValueError, match="tracin needs checkpoints, and this run has none"):
-        WhatIf(bare, query, {"TracIn": Method("tracin")}, cache=False).blamed(0, "TracIn", 3)
+    mixed = WhatIf(bare, query, {"TracIn": Method("tracin"), "grad dot": Method("grad_dot")}, cache=False)
+    assert mixed.available == ["grad dot"]
+    with pytest.raises(ValueError, match="TracIn cannot run on this run: tracin needs checkpoints"):
+        mixed.blamed(0, "TracIn", 3)
+    assert set(mixed.predict(0, [1, 2])) == {"grad dot"}
+    with pytest.raises(ValueError, match="none of the methods can run on this run"):
+        WhatIf(bare, query, {"TracIn": Method("tracin")}, cache=False)
     fresh = WhatIf(bare, query, {"grad dot": Method("grad_dot")}, cache=False)
     with pytest.raises(ValueError, match="nothing to undo"):
         fresh.undo()

@@ -91,6 +91,12 @@ def _prepare(run: Run | StagedRun, query: Split, method: str, settings: dict,
     return spec, full
 
 
+def check_method(run: Run | StagedRun, query: Split, method: str, settings: dict | None = None) -> None:
+    """Raise the error ``attribute`` would raise before any work (unknown method or setting, a method that
+    needs checkpoints on a run without them, queries that do not fit the run); return None when it can run."""
+    _prepare(run, query, method, dict(settings or {}), False)
+
+
 def check_query(run: Run, query: Split) -> None:
     """Raise a clear error when query examples do not fit the run's model and task."""
     if not isinstance(query, Split):

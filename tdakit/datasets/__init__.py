@@ -87,6 +87,16 @@ class Dataset:
     test: Split
     scaler: Scaler | None = None
     feature_names: tuple[str, ...] = ()
+    feature_scalers: tuple[Scaler, ...] = ()  # per feature, standardized -> original units (tabular data)
+    image_shape: tuple[int, ...] = ()  # (H, W) for images stored flattened or not
+
+    def features_original(self, x: Tensor) -> Tensor:
+        """Tabular features [n, F] back in their original units (unchanged when no scalers are known)."""
+        if not self.feature_scalers:
+            return x
+        mean = torch.tensor([s.mean for s in self.feature_scalers], dtype=torch.float64)
+        std = torch.tensor([s.std for s in self.feature_scalers], dtype=torch.float64)
+        return mean + std * x.double()
 
 
 def _concrete(seed: int, n_train: int = 896, n_query: int = 103) -> Dataset:
@@ -109,7 +119,8 @@ def _concrete(seed: int, n_train: int = 896, n_query: int = 103) -> Dataset:
         return Split(x, y)
 
     return Dataset("concrete", "regression", split(train_rows), split(query_rows), split(test_rows),
-                   Scaler(float(t_mu), float(t_sd), "MPa"), tuple(header[:-1]))
+                   Scaler(float(t_mu), float(t_sd), "MPa"), tuple(header[:-1]),
+                   tuple(Scaler(float(m), float(d)) for m, d in zip(mu, sd, strict=True)))
 
 
 def _stratified(labels: np.ndarray, sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:
@@ -139,7 +150,8 @@ def _images_dataset(name: str, images: np.ndarray, labels: np.ndarray, parts: li
         x = x.reshape(len(rows), -1) if flatten else x[:, None]
         return Split(x, torch.tensor(labels[rows], dtype=torch.int64))
 
-    return Dataset(name, "classification", split(parts[0]), split(parts[1]), split(parts[2]))
+    return Dataset(name, "classification", split(parts[0]), split(parts[1]), split(parts[2]),
+                   image_shape=tuple(images.shape[1:]))
 
 
 def _mnist5k(seed: int, n_train: int = 4000, n_query: int = 100, flatten: bool = True) -> Dataset:

@@ -4,7 +4,7 @@ averaged over seeds; the score convention predicts them as -sum of the removed p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,20 +39,22 @@ KINDS = ("fresh", "same")
 
 
 def retrained_measurements(run: Run, query: Split, removed: Sequence[int] | Tensor, kind: str = "fresh",
-                           seeds: int = 5, seed: int = 0, progress: bool = False) -> Tensor:
+                           seeds: int = 5, seed: int = 0, progress: bool = False,
+                           on_step: Callable[[float], object] | None = None) -> Tensor:
     """f_q after deleting the training points ``removed`` and retraining, in measurement units.
 
     kind="fresh": R = ``seeds`` new models (seed r: its own initialisation and batch order, the same for any
     ``removed``, so that differences between deletions are paired): [R, Q]. kind="same": the recorded
     trajectory (the run's initialisation and batch order) rerun with w_i = 0 for the removed points, the
-    counterfactual exact unrolling linearises: [1, Q]. An empty ``removed`` gives the full-data reference."""
+    counterfactual exact unrolling linearises: [1, Q]. An empty ``removed`` gives the full-data reference.
+    on_step(models / T) after every training step (progress bars; an exception raised there stops the work)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}: 'fresh' (new seeds) or 'same' (the recorded trajectory)")
     removed = _check_points(removed, run.num_train)
     if kind == "same":
         weights = run.weights.detach().clone().to(run.final.dtype)[None]
         weights[0, removed] = 0.0
-        theta = retrain_reweighted(run, weights, progress=progress)
+        theta = retrain_reweighted(run, weights, progress=progress, on_step=on_step)
     else:
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
             raise ValueError(f"seeds must be a whole number >= 1, got {seeds!r}")
@@ -60,7 +62,7 @@ def retrained_measurements(run: Run, query: Split, removed: Sequence[int] | Tens
         keep[:, removed] = False
         theta = retrain(run, keep, [seed_of("init", seed, r) for r in range(seeds)],
                         [seed_of("what-if order", seed, r) for r in range(seeds)], progress=progress,
-                        desc="retrain without the points")
+                        desc="retrain without the points", on_step=on_step)
     return measurements(run.model, run.task, theta, query.to(theta.dtype))
 
 

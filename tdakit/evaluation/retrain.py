@@ -43,8 +43,10 @@ def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None =
     return out
 
 
-def retrain_reweighted(run: Run, weights: Tensor, chunk: int | None = None, progress: bool = True) -> Tensor:
-    """Rerun the recorded trajectory (same init, batch order, rates) with weights [J, N]: [J, P]."""
+def retrain_reweighted(run: Run, weights: Tensor, chunk: int | None = None, progress: bool = True,
+                       on_step: Callable[[float], object] | None = None) -> Tensor:
+    """Rerun the recorded trajectory (same init, batch order, rates) with weights [J, N]: [J, P].
+    on_step: see ``train_many``."""
     weights = torch.as_tensor(weights, dtype=run.final.dtype, device=run.final.device)
     chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype)
     out = []
@@ -53,5 +55,5 @@ def retrain_reweighted(run: Run, weights: Tensor, chunk: int | None = None, prog
         inits = run.init.expand(len(w), -1)
         orders = run.batches.expand(len(w), -1, -1)
         out.append(train_many(run.model, run.train, run.recipe, run.task, inits, orders, w,
-                              progress=progress, desc="retrain (same trajectory)"))
+                              progress=progress, desc="retrain (same trajectory)", on_step=on_step))
     return torch.cat(out)
