@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check tdakit tests benchmarks notebooks
 
 test: lint
-	$(BIN)/python -m pytest --nbval notebooks tests --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+	$(BIN)/python -m pytest --nbval notebooks tests --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider --durations=10
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks

@@ -60,7 +60,7 @@ def deletion(name: str, run, data, query, methods, seeds: int, repeats: int) -> 
 def sliders(repeats: int) -> dict:
     setting = tdakit.preset("concrete_narrow")
     data = setting.data()
-    run = setting.train(data, progress=False)
+    run = setting.train(data, progress=False, placement="end")
     unrolled = compute_scores(run, data.query, {"u": Method("unrolled")}, progress=False)[0]["u"]
     truth = tdakit.groundtruth(run, data.query, subsets=50, fraction=0.5, seeds=4, progress=False)
     start = time.perf_counter()

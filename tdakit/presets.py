@@ -70,7 +70,7 @@ class Preset:
         return mlp(in_features, self.hidden, outputs)
 
     def train(self, data: Dataset | None = None, seed: int = 0, n_train: int | None = None,
-              progress: bool = True, cache=True, placement: str = "end") -> Run:
+              progress: bool = True, cache=True, placement: str = "middle") -> Run:
         """The recorded run of this setting (recipe seed ``seed``; the first ``n_train`` training points,
         class-balanced for images)."""
         data = data or self.data()
@@ -117,7 +117,7 @@ class StagedPreset:
         return mlp(784, self.hidden, 10)
 
     def train(self, data: Dataset | None = None, progress: bool = True, cache=True,
-              placement: str = "end") -> StagedRun:
+              placement: str = "middle") -> StagedRun:
         return train_stages(self.model(), self.stages(data), self.task, checkpoints=self.checkpoints,
                             progress=progress, cache=cache, placement=placement)
 

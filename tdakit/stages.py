@@ -84,7 +84,7 @@ def _check_stages(model: nn.Module | FlatModel, stages: Sequence[Stage]) -> Flat
 
 def train_stages(model: nn.Module | FlatModel, stages: Sequence[Stage], task: Task | None = None,
                  checkpoints: int | str | Sequence[int] = 6, dtype: torch.dtype = torch.float32,
-                 progress: bool = True, cache=True, placement: str = "end") -> StagedRun:
+                 progress: bool = True, cache=True, placement: str = "middle") -> StagedRun:
     """Train the stages in order, each from the previous stage's final parameters; stage 0 starts from
     the model's initialisation seeded by its recipe's seed. checkpoints: per stage."""
     flat = _check_stages(model, stages)
@@ -111,7 +111,7 @@ def reseeded(stages: Sequence[Stage], seed: int) -> list[Stage]:
 def train_stages_ensemble(model: nn.Module | FlatModel, stages: Sequence[Stage], task: Task | None = None,
                           members: int = 4, first_seed: int = 1, checkpoints: int | str | Sequence[int] = 6,
                           dtype: torch.dtype = torch.float32, progress: bool = True, cache=True,
-                          placement: str = "end") -> list[StagedRun]:
+                          placement: str = "middle") -> list[StagedRun]:
     """``members`` independently trained pipelines, seeded first_seed, first_seed + 1, ...
     (``reseeded(stages, seed)``): list of ``StagedRun``."""
     seeds = range(first_seed, first_seed + members)

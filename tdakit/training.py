@@ -69,10 +69,10 @@ class Run:
     updates (sorted, non-decreasing); ``lrs`` [T] float64; ``batches`` [T, B] indices into ``train`` (-1
     pads a short last batch); ``weights`` [N] the per-example weights trained with; ``losses`` [T] the
     batch losses. ``checkpoint_placement`` says which updates a checkpoint stands for (SOURCE's segment
-    averages and TracIn's weights follow it): "end" -- the updates since the previous checkpoint (the
-    default: the last checkpoint is the final parameters); "start" -- the updates up to the next one
-    (``checkpoints="all"``: the parameters each update starts from); "middle" -- the updates nearer to
-    it than to any other checkpoint.
+    averages and TracIn's weights follow it): "middle" (the default) -- the updates nearer to it than to
+    any other checkpoint; "end" -- the updates since the previous checkpoint (the last checkpoint is the
+    final parameters); "start" -- the updates up to the next one (``checkpoints="all"``: the parameters
+    each update starts from). docs/conventions.md says why the midpoints are the default.
     """
 
     model: FlatModel
@@ -87,7 +87,7 @@ class Run:
     batches: Tensor
     weights: Tensor
     losses: Tensor = field(repr=False)
-    checkpoint_placement: str = "end"
+    checkpoint_placement: str = "middle"
 
     def __post_init__(self):
         if self.checkpoint_placement not in PLACEMENTS:
@@ -168,11 +168,11 @@ def as_flat(model: nn.Module | FlatModel) -> FlatModel:
 
 
 def checkpoint_steps(checkpoints: int | str | Sequence[int], steps: int,
-                     placement: str = "end") -> tuple[Tensor, str]:
+                     placement: str = "middle") -> tuple[Tensor, str]:
     """Where to record checkpoints in a run of ``steps`` updates: (sorted steps [C], placement).
 
-    checkpoints: C (C equal pieces of training, a checkpoint at the end of each -- the last one the final
-    parameters -- or with placement="middle" at each piece's midpoint), "all" (the parameters every
+    checkpoints: C (C equal pieces of training, a checkpoint at each piece's midpoint, or with
+    placement="end" at the end of each -- the last one the final parameters), "all" (the parameters every
     update starts from, placement "start") or explicit step numbers (sorted here; placement says which
     updates each one stands for, see ``Run``)."""
     if placement not in PLACEMENTS:
@@ -216,12 +216,12 @@ def _diverged(step: int, recipe: Recipe, steps_per_epoch: int, loss: float, whic
 def train(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task,
           checkpoints: int | str | Sequence[int] = 6, weights: Tensor | None = None,
           dtype: torch.dtype = torch.float32, progress: bool = True, cache: store.CacheSpec = True,
-          init: Tensor | None = None, placement: str = "end") -> Run:
+          init: Tensor | None = None, placement: str = "middle") -> Run:
     """Train one model with ``recipe`` and record its trajectory.
 
-    checkpoints: C evenly spaced checkpoints (at the ends of C equal pieces of training, the last one
-    the final parameters; placement="middle" puts them at the pieces' midpoints), "all" (the parameters
-    at the start of every step), or explicit step numbers (see ``checkpoint_steps``). weights: [N],
+    checkpoints: C evenly spaced checkpoints (at the midpoints of C equal pieces of training;
+    placement="end" puts them at the pieces' ends, the last one the final parameters), "all" (the
+    parameters at the start of every step), or explicit step numbers (see ``checkpoint_steps``). weights: [N],
     default ones. cache: True (the default folder, $TDAKIT_CACHE or ~/.cache/tdakit), a folder, or
     False; runs are keyed by model, task, recipe, data, weights and checkpoints. init: starting
     parameters [P] (default: the model's initialisation seeded by recipe.seed), e.g. the final
@@ -319,7 +319,7 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
 
 def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task, members: int = 4,
                    first_seed: int = 1, checkpoints: int | str | Sequence[int] = 6, dtype: torch.dtype = torch.float32,
-                   progress: bool = True, placement: str = "end") -> list[Run]:
+                   progress: bool = True, placement: str = "middle") -> list[Run]:
     """``members`` independently trained runs with recipe seeds first_seed, first_seed + 1, ... (each its
     init and batch order, as ``train`` with ``Recipe(seed=s)`` would make them), trained together with
     vmap: list of ``Run``. The default (4 runs seeded 1..4) completes a run trained with seed 0 to 5."""

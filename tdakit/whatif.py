@@ -182,6 +182,15 @@ class WhatIf:
         return self.history.pop()
 
     # -- checks with messages a widget can show ----------------------------------------------------------
+    def check(self, query: int | None = None, method: str | None = None, k: int | None = None) -> None:
+        """Raise the ValueError a deletion with these settings would raise, before any work is done."""
+        if query is not None:
+            self._check_query(query)
+        if method is not None:
+            self._check_method(method)
+        if k is not None:
+            self._check_k(k)
+
     def _check_method(self, method: str) -> None:
         if method not in self.methods:
             raise ValueError(f"unknown method {method!r}; this explorer has {', '.join(self.methods)}")

@@ -49,10 +49,10 @@ def test_shared_gradient_products_equal_separate_runs_and_are_made_once_per_para
                                      progress=False)
     for label, values in alone.items():
         assert torch.allclose(together[label].values, values, rtol=1e-10, atol=1e-14), label
-    # 6 checkpoints (the last is the final parameters: influence, SOURCE, TracIn and grad dot share it) and
-    # Fast-SOURCE's 3 segment means: 9 distinct parameter vectors, one pass over the 64 points each
-    assert len(seen) == 9
-    assert len({tuple(t.tolist()) for t in seen}) == 9
+    # 6 checkpoints (SOURCE and TracIn share them), the final parameters (influence and grad dot) and
+    # Fast-SOURCE's 3 segment means: 10 distinct parameter vectors, one pass over the 64 points each
+    assert len(seen) == 10
+    assert len({tuple(t.tolist()) for t in seen}) == 10
 
 
 def test_table_judges_every_method_against_one_ground_truth(setting, tmp_path):
@@ -121,8 +121,14 @@ def test_a_registered_method_shares_gradients_and_runs_everywhere(setting):
     try:
         got = tdakit.attribute(run, query, "last_dot_for_test", progress=False).values
         rate = float(run.effective_lrs.sum())
-        # the last checkpoint is the final parameters: grad_dot's scores divided by the run's summed rate
-        assert torch.allclose(got * rate, tdakit.attribute(run, query, "grad_dot", progress=False).values)
+        v = measurement_grads(run.model, run.task, run.checkpoints[-1], query)
+        g = tdakit.grads.loss_grads(run.model, run.task, run.checkpoints[-1], run.train)
+        assert torch.allclose(got, -(v @ g.T) / run.num_train)  # the plan's product, by hand
+        # with the last checkpoint at the final parameters: grad_dot's scores divided by the run's summed rate
+        end = tdakit.train(run.model, run.train, run.recipe, run.task, dtype=torch.float64, progress=False,
+                           cache=False, placement="end")
+        got = tdakit.attribute(end, query, "last_dot_for_test", progress=False).values
+        assert torch.allclose(got * rate, tdakit.attribute(end, query, "grad_dot", progress=False).values)
         table = run_experiment(run, query, {"mine": Method("last_dot_for_test"), "TracIn": Method("tracin")}, truth,
                                progress=False, cache=False)
         assert [r.label for r in table.rows] == ["mine", "TracIn"]

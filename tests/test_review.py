@@ -243,11 +243,11 @@ def test_weighted_influence_equals_the_closed_form_for_linear_regression():
         np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-6, atol=1e-9, err_msg=curvature)
 
 
-def test_checkpoints_sit_at_the_ends_of_pieces_and_segments_and_tracin_follow(small_regression):
+def test_checkpoints_sit_where_placed_and_segments_and_tracin_follow(small_regression):
     train, _ = small_regression
     recipe = tdakit.Recipe(lr=0.05, epochs=15, batch_size=8, schedule="linear")  # T = 120
     end = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), dtype=torch.float64, progress=False,
-                       cache=False)
+                       cache=False, placement="end")
     T = end.num_steps
     assert end.checkpoint_placement == "end" and end.checkpoint_steps.tolist() == [20, 40, 60, 80, 100, 120]
     assert torch.equal(end.checkpoints[-1], end.final)
@@ -256,8 +256,8 @@ def test_checkpoints_sit_at_the_ends_of_pieces_and_segments_and_tracin_follow(sm
     expected = torch.stack([rates[a:a + 20].sum() for a in range(0, T, 20)])
     assert torch.allclose(checkpoint_rates(end), expected, rtol=1e-12)
     middle = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), dtype=torch.float64, progress=False,
-                          cache=False, placement="middle")
-    assert middle.checkpoint_steps.tolist() == [10, 30, 50, 70, 90, 110]
+                          cache=False)  # the default: midpoints
+    assert middle.checkpoint_placement == "middle" and middle.checkpoint_steps.tolist() == [10, 30, 50, 70, 90, 110]
     assert torch.allclose(checkpoint_rates(middle), expected, rtol=1e-12)  # the same pieces, nearest rule
     every = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), checkpoints="all", dtype=torch.float64,
                          progress=False, cache=False)

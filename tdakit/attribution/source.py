@@ -46,9 +46,9 @@ def segments_of(run: Run, segments: int | Sequence[int]) -> list[Segment]:
     """Parse a segment spec: L (equal segments) or boundaries [0, b_1, ..., T], strictly increasing.
 
     A checkpoint belongs to the segment holding the updates it stands for (``Run.checkpoint_placement``):
-    with "end" (the default) a checkpoint after s updates belongs to the segment with start < s <= stop,
-    so a segment's last checkpoint can be its end; with "start" and "middle", start <= s < stop (the
-    final parameters, s = T, go to the last segment). Every segment needs at least one checkpoint.
+    with "middle" (the default) and "start", start <= s < stop (the final parameters, s = T, go to the
+    last segment); with "end" a checkpoint after s updates belongs to the segment with start < s <= stop,
+    so a segment's last checkpoint can be its end. Every segment needs at least one checkpoint.
     """
     T = run.num_steps
     if isinstance(segments, bool) or not isinstance(segments, int | Sequence | Tensor):

@@ -51,9 +51,9 @@ class DeletionExplorer:
         self.k = W.BoundedIntText(value=k, min=0, max=run.num_train + 10, description="k",
                                   layout=W.Layout(width="140px"))
         self.side = W.ToggleButtons(options=[("most helpful", "helpful"), ("most harmful", "harmful")],
-                                    value="helpful", description="delete", style={"button_width": "105px"})
+                                    value="helpful", description="delete", style={"button_width": "130px"})
         self.kind = W.ToggleButtons(options=[("fresh seeds", "fresh"), ("same trajectory", "same")], value=kind,
-                                    description="retrain", style={"button_width": "120px"},
+                                    description="retrain", style={"button_width": "135px"},
                                     tooltips=["R new initialisations and batch orders: the expected effect (LDS)",
                                               "the recorded initialisation and batch order, deleted weights 0: "
                                               "what exact unrolling predicts"])
@@ -65,11 +65,13 @@ class DeletionExplorer:
         self.progress = W.FloatProgress(value=0.0, min=0.0, max=1.0, description="", bar_style="info",
                                         layout=W.Layout(width="200px", visibility="hidden"))
         # displays
-        self.picker_image = W.Image(format="png", layout=W.Layout(max_width="460px"))
+        self.picker_image = W.Image(format="png", layout=W.Layout(max_width="460px", height="auto",
+                                                                  object_fit="contain"))
         self.points_view = W.HTML()
-        self.points_image = W.Image(format="png", layout=W.Layout(max_width="640px", display="none"))
+        self.points_image = W.Image(format="png", layout=W.Layout(max_width="640px", height="auto", display="none"))
         self.result = W.HTML()
-        self.trials_image = W.Image(format="png", layout=W.Layout(max_width="480px"))
+        self.trials_image = W.Image(format="png", layout=W.Layout(max_width="480px", height="auto",
+                                                                  object_fit="contain"))
         self._picker: views.Picker | None = None
         for name, widget in (("query", self.query), ("method", self.method), ("k", self.k), ("kind", self.kind),
                              ("delete", self.delete_button), ("picked", self.picked), ("undo", self.undo_button),
@@ -91,8 +93,9 @@ class DeletionExplorer:
             W.HBox([self.side, self.kind]),
             W.HBox([self.delete_button, self.picked, self.picked_button, self.undo_button]),
             W.HBox([self.progress, self.status]),
-            W.HBox([self.picker_image, W.VBox([self.points_view, self.points_image])]),
-            W.HBox([self.trials_image, self.result]),
+            W.HBox([self.picker_image, W.VBox([self.points_view, self.points_image])],
+                   layout=W.Layout(align_items="flex-start")),
+            W.HBox([self.trials_image, self.result], layout=W.Layout(align_items="flex-start")),
         ])
         self._draw_picker()
         self._draw_trials()
@@ -123,8 +126,7 @@ class DeletionExplorer:
         self._set(query, method, k, side, kind)
         q, m, k, s, kd = self.query.value, self.method.value, self.k.value, self.side.value, self.kind.value
         try:  # the quick checks here, so that a mistake is a message at once; scoring runs in the background
-            self.whatif._check_method(m)
-            self.whatif._check_k(k)
+            self.whatif.check(method=m, k=k)
         except ValueError as error:
             self._error(str(error))
             return
@@ -234,8 +236,7 @@ class DeletionExplorer:
         """Show the blamed points for the current query, method, k and side (off the UI thread)."""
         q, m, k = self.query.value, self.method.value, self.k.value
         try:
-            self.whatif._check_method(m)
-            self.whatif._check_k(k)
+            self.whatif.check(method=m, k=k)
         except ValueError as error:
             self._error(str(error))
             return

@@ -30,7 +30,8 @@ class IFToSourceExplorer:
         self.units = units or views.Units()
         self.current: View | None = None
         implied = spectrum.implied_damping
-        self.segments = W.IntSlider(value=segments or spectrum.max_segments, min=1, max=spectrum.max_segments, description="segments L",
+        self.segments = W.IntSlider(value=segments or spectrum.max_segments, min=1, max=spectrum.max_segments,
+                                    description="segments L",
                                     continuous_update=False, style={"description_width": "110px"})
         self.horizon = W.FloatLogSlider(value=1.0, base=10, min=-3, max=6, step=0.25, description="eta K x",
                                         continuous_update=False, readout_format=".3g",
@@ -143,7 +144,7 @@ class IFToSourceExplorer:
             left.set_ylabel("gain per unit gradient")
             left.set_title(f"Eigenvalue functions (last segment's eta K = "
                            f"{v.horizon * sp.last_rate(v.segments):.3g})")
-            left.legend(fontsize=7, loc="lower left")
+            left.legend(fontsize=7, loc="upper right")
             if sp.reference is not None:
                 ref = sp.reference[query].double().numpy() * self.units.scale
                 for name, values_q in (("influence", v.influence[query]), ("SOURCE", v.source[query])):

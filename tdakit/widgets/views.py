@@ -30,10 +30,10 @@ class Units:
     scale: float = 1.0
     unit: str = ""
 
-    def text(self, value: float, signed: bool = True) -> str:
+    def text(self, value: float, signed: bool = True, unit: bool = True) -> str:
         """A change in the measurement, rounded for display: e.g. "+0.412 MPa"."""
         body = f"{self.scale * value:+.3f}" if signed else f"{self.scale * value:.3f}"
-        return f"{body} {self.unit}".strip()
+        return f"{body} {self.unit}".strip() if unit else body
 
 
 def units_of(task: Task, data: Dataset | None) -> Units:
@@ -167,7 +167,8 @@ def points_table(data: Dataset | None, split: Split, points: Sequence[int], scor
                                                                           f"score ({units.unit or 'units'})"])
     body = []
     for row, i in enumerate(points):
-        cells = [str(i), *(f"{float(v):.4g}" for v in x[row]), f"{float(y[row]):.4g}", units.text(float(scores[i]))]
+        cells = [str(i), *(f"{round(float(v), 3):.4g}" for v in x[row]), f"{round(float(y[row]), 3):.4g}",
+                 units.text(float(scores[i]), unit=False)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return (f"<div class='tdakit-points'><b>{html.escape(title)}</b><table style='font-size:11px'>"
             f"<tr>{head}</tr>{''.join(body)}</table></div>")
