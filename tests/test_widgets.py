@@ -87,7 +87,8 @@ def test_pressing_delete_shows_what_the_headless_explorer_computes(explorer, run
     helpful, harmful = explorer.blamed_points
     assert sorted(helpful) == list(trial.points)
     cement = explorer.data.features_original(run.train.x[helpful[0]][None])[0, 0]
-    assert f"{round(float(cement), 3):.4g}" in explorer.points_view.value and "cement" in explorer.points_view.value
+    shown = explorer.points_view.value
+    assert f"{round(float(cement), 3) + 0.0:.4g}" in shown and "cement" in shown and ">-0<" not in shown
 
 
 def test_query_from_the_list_or_a_click_and_both_kinds_and_undo(explorer):

@@ -167,11 +167,15 @@ def points_table(data: Dataset | None, split: Split, points: Sequence[int], scor
                                                                           f"score ({units.unit or 'units'})"])
     body = []
     for row, i in enumerate(points):
-        cells = [str(i), *(f"{round(float(v), 3):.4g}" for v in x[row]), f"{round(float(y[row]), 3):.4g}",
-                 units.text(float(scores[i]), unit=False)]
+        cells = [str(i), *(_number(v) for v in x[row]), _number(y[row]), units.text(float(scores[i]), unit=False)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return (f"<div class='tdakit-points'><b>{html.escape(title)}</b><table style='font-size:11px'>"
             f"<tr>{head}</tr>{''.join(body)}</table></div>")
+
+
+def _number(value) -> str:
+    """A feature or target for a table: 4 significant digits, float noise around 0 shown as 0."""
+    return f"{round(float(value), 3) + 0.0:.4g}"
 
 
 def points_images(images: Tensor, labels: Sequence[str], helpful: Sequence[int], harmful: Sequence[int],
