@@ -78,7 +78,9 @@ def sliders(repeats: int) -> dict:
     out["new_horizon_s"] = [move(horizon=h) for h in (0.1, 0.3, 3.0, 10.0, 30.0)[:repeats]]
     out["new_damping_s"] = [move(damping=d * spectrum.implied_damping) for d in (0.1, 0.3, 3.0, 10.0, 30.0)[:repeats]]
     out["new_segments_s"] = [move(segments=L) for L in (2, 3, 6)]
-    out["seen_before_s"] = [move(segments=3, horizon=10.0, damping=30 * spectrum.implied_damping) for _ in range(3)]
+    explorer.set(segments=3, horizon=10.0)  # the first visit is a new setting: not timed
+    explorer.wait()
+    out["seen_before_s"] = [move(segments=L, horizon=10.0) for L in (2, 3, 2)]  # each one visited before
     for key in ("new_horizon_s", "new_damping_s", "new_segments_s", "seen_before_s"):
         print(f"IF-to-SOURCE slider, {key[:-2].replace('_', ' ')}: median {statistics.median(out[key]):.2f} s "
               f"({', '.join(f'{x:.2f}' for x in out[key])})", flush=True)

@@ -28,7 +28,7 @@ from . import curvature as curv
 from .attribution import Scores
 from .attribution.influence import check_damping, implied_damping
 from .attribution.products import Plan, Term, evaluate
-from .attribution.source import check_curvature, segments_of
+from .attribution.source import check_curvature, segment_step, segments_of
 from .concurrency import compute_lock
 from .datasets import Split
 from .evaluation import GroundTruth, lds
@@ -95,7 +95,7 @@ class Spectrum:
         self._views: dict[tuple, View] = {}
         self._dense: dict[int, Tensor] = {}  # checkpoint index -> its dense curvature [P, P] (small models)
         last = len(run.checkpoints) - 1
-        if torch.equal(run.checkpoints[last], run.final):
+        if torch.equal(run.checkpoints[last], run.final):  # placement "end": reuse the last checkpoint's fit
             self.final_curvature = self._segment_curvature((last,))
         else:
             self.final_curvature = curv.fit(curvature, run.model, run.task, run.final[None], run.train,
@@ -104,8 +104,10 @@ class Spectrum:
         self._grads: dict[int, Tensor] | None = None
         if keep_gradients or (keep_gradients is None and size <= GRADIENT_BUDGET):
             data = run.train.to(run.final.dtype)
-            thetas = [*run.checkpoints, run.final]
-            self._grads = {c: loss_grads(run.model, run.task, theta, data) for c, theta in enumerate(thetas)}
+            self._grads = {c: loss_grads(run.model, run.task, theta, data) for c, theta in enumerate(run.checkpoints)}
+            final = len(run.checkpoints)  # the index influence's term uses
+            same = torch.equal(run.checkpoints[last], run.final)
+            self._grads[final] = self._grads[last] if same else loss_grads(run.model, run.task, run.final, data)
 
     @property
     def max_segments(self) -> int:
@@ -160,11 +162,7 @@ class Spectrum:
         parts = self.layout(segments)
         for index in range(len(parts) - 1, -1, -1):
             seg = parts[index]
-            fns = [curv.functions.learn(seg.eta, horizon * seg.steps)]
-            if index > 0:
-                fns.append(curv.functions.forget(seg.eta, horizon * seg.steps))
-            u, *rest = seg.curvature.apply_many(fns, v)
-            v = rest[0] if rest else v
+            u, v = segment_step(seg.curvature, seg.eta, horizon * seg.steps, v, carry=index > 0)
             terms += [(c, u, -1.0 / (n * len(seg.checkpoints))) for c in seg.checkpoints]
         return terms
 

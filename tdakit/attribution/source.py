@@ -100,6 +100,18 @@ def check_curvature(H: curv.Curvature, form: str, segment: int) -> None:
             "form='power' keeps the raw Hessian for exact full-batch identities")
 
 
+def segment_step(H: curv.Curvature, eta: float, steps: float, v: Tensor, form: str = "exp",
+                 carry: bool = True) -> tuple[Tensor, Tensor]:
+    """One segment of the query-side walk: (Fbar v, Sbar v) with Fbar, Sbar the segment's learn and forget
+    functions of H at rate eta over ``steps`` steps; v [Q, P]. carry=False skips Sbar v (nothing before the
+    earliest segment needs it) and returns v unchanged in its place."""
+    fns = [curv.functions.learn(eta, steps, form)]
+    if carry:
+        fns.append(curv.functions.forget(eta, steps, form))
+    u, *rest = H.apply_many(fns, v)  # one rotation into the eigenbasis for both functions
+    return u, (rest[0] if rest else v)
+
+
 def source_walk(run: Run, v: Tensor, segments: int | Sequence[int] = 3, curvature: curv.CurvatureSpec = "ggn",
                 form: str = "exp", fast: bool = False, propagate: bool = False, progress: bool = True,
                 queries: int | None = None) -> tuple[Plan, Tensor | None]:
@@ -121,11 +133,7 @@ def source_walk(run: Run, v: Tensor, segments: int | Sequence[int] = 3, curvatur
         H = curv.fit(curvature, run.model, run.task, thetas, data, run.recipe.weight_decay, weights=run.weights,
                      progress=progress)
         check_curvature(H, form, index)
-        fns = [curv.functions.learn(eta, seg.steps, form)]
-        if propagate or index > 0:  # nothing before the earliest segment needs v
-            fns.append(curv.functions.forget(eta, seg.steps, form))
-        u, *rest = H.apply_many(fns, v)  # one rotation into the eigenbasis for both functions
-        v = rest[0] if rest else v
+        u, v = segment_step(H, eta, seg.steps, v, form, carry=propagate or index > 0)
         terms += [Term(theta, u, -1.0 / (run.num_train * len(thetas)), index) for theta in thetas]  # u . gbar_l(i)
     return Plan(run.model, run.task, data, terms, len(v) if queries is None else queries), (v if propagate else None)
 

@@ -10,7 +10,6 @@ supersedes a running one, and repeated deletions come from ``WhatIf``'s cache.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 
 import ipywidgets as W
 from ipyevents import Event
@@ -131,9 +130,7 @@ class DeletionExplorer:
             self._error(str(error))
             return
 
-        def act(on_step):
-            return self.whatif.delete(q, m, k, kind=kd, side=s, on_step=on_step)
-        self._start_deletion(act, lambda: self.whatif.choose(q, m, k, side=s), kd, f"the {k} most {s} points by {m}")
+        self._start_deletion(q, kd, f"the {k} most {s} points by {m}", method=m, k=k, side=s)
 
     def delete_picked(self, points: str | list[int] | None = None, kind: str | None = None) -> None:
         """Press "Delete these": the hand-picked points in the text box (or ``points``)."""
@@ -151,8 +148,7 @@ class DeletionExplorer:
         except ValueError as error:
             self._error(str(error))
             return
-        self._start_deletion(lambda on_step: self.whatif.delete(q, points=chosen, kind=kd, on_step=on_step),
-                             lambda: chosen, kd, f"{len(chosen)} points picked by hand")
+        self._start_deletion(q, kd, f"{len(chosen)} points picked by hand", points=chosen)
 
     def undo(self) -> None:
         """Press "Undo": forget the last deletion."""
@@ -210,13 +206,11 @@ class DeletionExplorer:
         y = self.whatif.query.y[i]
         out = self._query_outputs[i]
         if isinstance(self.whatif.run.task, Classification):
-            guess = f", predicted {int(out.argmax())}" if out is not None else ""
-            return f"{i}: label {int(y)}{guess}"
+            return f"{i}: label {int(y)}, predicted {int(out.argmax())}"
         scaler = self.data.scaler if self.data is not None else None
         value = (lambda v: scaler.to_original(float(v))) if scaler else float
         unit = f" {scaler.unit}" if scaler and scaler.unit else ""
-        guess = f", predicted {value(out[0]):.1f}{unit}" if out is not None else ""
-        return f"{i}: true {value(y):.1f}{unit}{guess}"
+        return f"{i}: true {value(y):.1f}{unit}, predicted {value(out[0]):.1f}{unit}"
 
     def _draw_picker(self) -> None:
         q = self.query.value
@@ -225,11 +219,11 @@ class DeletionExplorer:
             labels = [str(int(v)) for v in query.y]
             self._picker = views.grid_picker(views.as_float_images(query, self.data.image_shape), labels, q)
         else:
-            scale = self.data.scaler if self.data is not None else None
-            unit = views.Units(scale.std, scale.unit) if scale else views.Units()
-            shift = scale.mean / scale.std if scale else 0.0
-            self._picker = views.scatter_picker(query.y.double() + shift, self._query_outputs[:, 0].double() + shift,
-                                                unit, q)
+            scaler = self.data.scaler if self.data is not None else None
+            targets, predictions = query.y.double(), self._query_outputs[:, 0].double()
+            if scaler is not None:
+                targets, predictions = scaler.to_original(targets), scaler.to_original(predictions)
+            self._picker = views.scatter_picker(targets, predictions, scaler.unit if scaler else "", q)
         self.picker_image.value = self._picker.png
 
     def _refresh(self) -> None:
@@ -271,9 +265,9 @@ class DeletionExplorer:
             self.status.value = views.info_html(f"Query {q}: press Delete to retrain without the "
                                                 f"{self.side.value} points.")
 
-    def _start_deletion(self, act: Callable, choose: Callable[[], list[int]], kind: str, what: str) -> None:
-        """Run ``act(on_step)`` (a WhatIf.delete) on the deletion worker; ``choose()`` names the points (it may
-        need the scores, so it runs there too)."""
+    def _start_deletion(self, query: int, kind: str, what: str, **selection) -> None:
+        """Delete ``selection`` (method=, k=, side= or points=, as ``WhatIf.delete`` takes them) for ``query`` on
+        the deletion worker; naming a method's points may need its scores, so that runs there too."""
         wi = self.whatif
         how = (f"retraining {wi.seeds} models on fresh seeds" if kind == "fresh" else
                "rerunning the same trajectory")
@@ -281,7 +275,7 @@ class DeletionExplorer:
         self.progress.value = 0.0
 
         def work(job: Job):
-            chosen = choose()  # a method's choice needs its scores (computed once)
+            chosen = wi.choose(query, **selection)  # for the progress bar's total (scores are computed once)
             job.checkpoint()
             todo = 0 if wi.is_cached(chosen, kind) else (wi.seeds if kind == "fresh" else 1) * (
                 1 if wi.is_cached([], kind) else 2)
@@ -294,7 +288,7 @@ class DeletionExplorer:
                 if fraction - done[1] >= 0.02:  # a few dozen updates, not one per step
                     done[1] = fraction
                     self.progress.value = min(fraction, 1.0)
-            return act(on_step)
+            return wi.delete(query, kind=kind, on_step=on_step, **selection)
 
         self._work.submit(work, self._show_trial, lambda e: self._error(str(e)))
 

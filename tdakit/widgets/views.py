@@ -93,21 +93,20 @@ def _pixels(fig: Figure, ax, xy: np.ndarray) -> np.ndarray:
     return np.stack([disp[:, 0], fig.bbox.height - disp[:, 1]], axis=1)
 
 
-def scatter_picker(targets: Tensor, predictions: Tensor, units: Units, selected: int | None = None,
+def scatter_picker(targets: Tensor, predictions: Tensor, unit: str = "", selected: int | None = None,
                    name: str = "target") -> Picker:
-    """Queries as points (true value, model's prediction), original units; click one to pick it."""
+    """Queries as points (true value, model's prediction), both in ``unit``; click one to pick it."""
     with plots.style():
         fig = new_figure(4.2, 3.6)
         ax = fig.add_subplot()
-        x = targets.double().numpy() * (units.scale if units.unit else 1.0)
-        y = predictions.double().numpy() * (units.scale if units.unit else 1.0)
+        x, y = targets.double().numpy(), predictions.double().numpy()
         ax.scatter(x, y, s=14, color="tab:blue", alpha=0.7)
         low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
         ax.plot([low, high], [low, high], color="k", lw=0.7, ls="--")
         if selected is not None:
             ax.scatter(x[selected:selected + 1], y[selected:selected + 1], s=90, facecolor="none",
                        edgecolor="tab:red", lw=2)
-        suffix = f" ({units.unit})" if units.unit else ""
+        suffix = f" ({unit})" if unit else ""
         ax.set_xlabel(f"true {name}{suffix}")
         ax.set_ylabel(f"model's prediction{suffix}")
         ax.set_title("Queries: click one to pick it")
