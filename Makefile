@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint lab bench bench-extra clean
+.PHONY: demo test lint lab bench bench-extra clean cifar-data
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,15 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check tdakit tests benchmarks notebooks
 
-test: lint
+# CIFAR-10 for notebook 05 and the loader tests: unpacked into the data folder ($$TDAKIT_DATA or
+# ~/.cache/tdakit/data) when it is not there yet; never into the repository.
+CIFAR_ARCHIVE ?= ../shared/data/cifar10-jpeg.tar.xz
+
+cifar-data: $(STAMP)
+	@if [ -f "$(CIFAR_ARCHIVE)" ]; then $(BIN)/tdakit cifar10 --archive "$(CIFAR_ARCHIVE)"; \
+	else $(BIN)/tdakit cifar10 || echo "notebook 05 needs CIFAR-10: see docs/data.md"; fi
+
+test: lint cifar-data
 	$(BIN)/python -m pytest --nbval notebooks tests --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider --durations=10
 
 lab: $(STAMP)

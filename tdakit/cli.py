@@ -25,13 +25,33 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--train", type=int, default=None, help="use only the first N training points (a quick look)")
     demo.add_argument("--no-cache", action="store_true", help="recompute runs and ground truth")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    cifar = sub.add_parser("cifar10", help="put CIFAR-10 where the presets look for it (see docs/data.md)")
+    cifar.add_argument("--archive", help="a tar archive of an image folder (train/<class>/, test/<class>/) or of "
+                                         "cifar-10-batches-py to unpack")
+    cifar.add_argument("--download", action="store_true", help="download the official archive (needs a network)")
+    cifar.add_argument("--root", default=None, help="data folder (default: $TDAKIT_DATA or ~/.cache/tdakit/data)")
     args = parser.parse_args(argv)
+    if args.command == "cifar10":
+        return _cifar10(args)
     try:
         run_demo(out=args.out, model=args.model, subsets=args.subsets, seeds=args.seeds, epochs=args.epochs,
                  queries=args.queries, train_points=args.train, cache=not args.no_cache, progress=not args.quiet)
     except ValueError as err:
         print(f"tdakit: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _cifar10(args) -> int:
+    from .datasets import cifar, data_root
+
+    root = args.root or data_root()
+    try:
+        folder = cifar.unpack(args.archive, root) if args.archive else cifar.find(root, download=args.download)
+    except (OSError, ValueError) as err:
+        print(f"tdakit: {err}", file=sys.stderr)
+        return 2
+    print(f"CIFAR-10 is in {folder}")
     return 0
 
 

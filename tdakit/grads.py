@@ -7,6 +7,7 @@ from torch import Tensor
 from torch.func import grad, jacrev, vmap
 
 from .datasets import Split
+from .hardware import element_budget
 from .models import FlatModel
 from .task import Task
 
@@ -65,9 +66,12 @@ def output_jacobians(model: FlatModel, task: Task, theta: Tensor, data: Split, c
     return torch.cat([factors(slice(s, s + chunk)) for s in range(0, len(data), chunk)])
 
 
-def rows_per_chunk(num_params: int, budget_elements: int = 2**26) -> int:
-    """How many per-example gradients [rows, P] to hold at once (~256 MiB in float32)."""
-    return max(1, min(512, budget_elements // num_params))
+def rows_per_chunk(num_params: int, budget_elements: int | None = None, device: torch.device | str | None = None,
+                   cap: int = 512) -> int:
+    """How many per-example gradients [rows, P] to hold at once: ~256 MiB on a CPU, a share of the free
+    memory on a GPU (see ``hardware.element_budget``), at most ``cap`` rows."""
+    budget = budget_elements or element_budget(device)
+    return max(1, min(cap, budget // num_params))
 
 
 def psd_sqrt(m: Tensor) -> Tensor:

@@ -130,12 +130,17 @@ def eigenvalue_functions(eta: float, steps: int, damping: float | None = None, a
 
 
 def top_images(query_image, train_images, scores: dict, higher_is_better: bool = True, k: int = 5,
-               label=None, train_labels=None, axes=None):
+               label=None, train_labels=None, axes=None, class_names=None):
     """For one query: per method (a row), the k most helpful and the k most harmful training images.
 
-    query_image [H, W]; train_images [N, H, W]; scores {method: Tensor [N]} (this query's row).
+    query_image [H, W] (grey) or [H, W, 3] (colour, values in [0, 1]); train_images [N, H, W] or
+    [N, H, W, 3]; scores {method: Tensor [N]} (this query's row); class_names: shown instead of label numbers.
     Helpful: up-weighting the point moves the measurement the good way (up for a margin, down for an
     error); removing it is predicted to hurt the query."""
+    def name(c):
+        return class_names[int(c)] if class_names is not None else str(int(c))
+
+    pixelated = "nearest" if np.ndim(query_image) == 3 else None  # colour: sharp pixels, small PNGs
     rows = len(scores)
     if axes is None:
         _, axes = plt.subplots(rows, 2 * k + 1, figsize=(1.1 * (2 * k + 1), 1.25 * rows), squeeze=False)
@@ -143,13 +148,13 @@ def top_images(query_image, train_images, scores: dict, higher_is_better: bool =
         row = torch.as_tensor(row).double()
         order = row.argsort(descending=higher_is_better)
         picks = [*order[:k].tolist(), *order.flip(0)[:k].tolist()]
-        axes[r, 0].imshow(query_image, cmap="gray")
-        axes[r, 0].set_title("query" + (f" ({label})" if label is not None else ""), fontsize=7)
+        axes[r, 0].imshow(query_image, cmap="gray", interpolation=pixelated)
+        axes[r, 0].set_title("query" + (f" ({name(label)})" if label is not None else ""), fontsize=7)
         axes[r, 0].set_ylabel(method, fontsize=7, rotation=0, ha="right", va="center")
         for c, i in enumerate(picks, start=1):
-            axes[r, c].imshow(train_images[i], cmap="gray")
+            axes[r, c].imshow(train_images[i], cmap="gray", interpolation=pixelated)
             kind = "helpful" if c <= k else "harmful"
-            tag = f"{kind}" + (f" [{int(train_labels[i])}]" if train_labels is not None else "")
+            tag = f"{kind}" + (f" [{name(train_labels[i])}]" if train_labels is not None else "")
             axes[r, c].set_title(tag, fontsize=6, color="tab:green" if c <= k else "tab:red")
         for ax in axes[r]:
             ax.set_xticks([])

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad_and_value, vmap
+from torch.func import grad, vmap
 from tqdm.auto import tqdm
 
 from . import store
@@ -142,23 +142,45 @@ def batch_coefficients(batch: Tensor, weights: Tensor) -> Tensor:
 
 
 def make_batch_gradient(model: FlatModel, task: Task):
-    """(theta, x_b, y_b, c_b) -> (gradient of the batch loss sum_j c_j L(z_j, theta), that loss).
+    """(theta, x_b, y_b, c_b) -> (gradient of the batch loss sum_j c_j L(z_j, theta), (that loss, updated
+    running statistics [num_state])).
 
-    c_b [B] are the batch coefficients w_i/|B_k| (weight decay is not included)."""
+    c_b [B] are the batch coefficients w_i/|B_k| (weight decay is not included); the statistics are
+    empty [0] for a model without BatchNorm. The model runs in training mode (``FlatModel.train_forward``):
+    BatchNorm uses the batch's statistics, weighted by c_b."""
     def batch_loss(theta, xb, yb, cb):
-        return (cb * task.loss(model(theta, xb), yb)).sum()
+        outputs, state = model.train_forward(theta, xb, cb)
+        loss = (cb * task.loss(outputs, yb)).sum()
+        return loss, (loss, theta[..., :0].detach() if state is None else state)  # aux must be tensors
 
-    return grad_and_value(batch_loss)
+    return grad(batch_loss, has_aux=True)
+
+
+def decayed(model: FlatModel, theta: Tensor) -> Tensor:
+    """The part of theta that weight decay acts on: theta with the running statistics zeroed ([..., P])."""
+    if not model.num_state:
+        return theta
+    return torch.cat([theta[..., :model.num_trainable], torch.zeros_like(theta[..., model.state_slice])], -1)
+
+
+def with_state(model: FlatModel, theta: Tensor, state: Tensor) -> Tensor:
+    """theta [..., P] with its running statistics replaced by ``state`` [..., num_state]."""
+    if not model.num_state:
+        return theta
+    return torch.cat([theta[..., :model.num_trainable], state.to(theta.dtype)], -1)
 
 
 def make_update(model: FlatModel, task: Task, recipe: Recipe):
-    """The pure SGD step (theta, buf, x_b, y_b, c_b, lr) -> (theta', buf', batch loss); lr is 0-d."""
+    """The pure SGD step (theta, buf, x_b, y_b, c_b, lr) -> (theta', buf', batch loss); lr is 0-d.
+
+    Running statistics (BatchNorm) are not trained: their gradient is 0, weight decay skips them, and they
+    are replaced by the step's updated statistics."""
     batch_gradient = make_batch_gradient(model, task)
 
     def update(theta, buf, xb, yb, cb, lr):
-        g, loss = batch_gradient(theta, xb, yb, cb)
-        buf = recipe.momentum * buf + g + recipe.weight_decay * theta
-        return theta - lr * buf, buf, loss
+        g, (loss, state) = batch_gradient(theta, xb, yb, cb)
+        buf = recipe.momentum * buf + g + recipe.weight_decay * decayed(model, theta)
+        return with_state(model, theta - lr * buf, state), buf, loss
 
     return update
 
@@ -299,11 +321,13 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
         if k in wanted:
             saved[k] = theta.clone()
         idx = batches[:, k].to(inits.device)
-        g, loss = batch_gradients(theta, data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)],
-                                  batch_coefficients(idx, weights))
+        g, (loss, state) = batch_gradients(theta, data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)],
+                                           batch_coefficients(idx, weights))
         # the same update as make_update, in place: M x P tensors are large, fresh ones cost page faults
-        buf.mul_(recipe.momentum).add_(g).add_(theta, alpha=recipe.weight_decay)
+        buf.mul_(recipe.momentum).add_(g).add_(decayed(flat, theta), alpha=recipe.weight_decay)
         theta.sub_(buf, alpha=lrs[k])
+        if flat.num_state:
+            theta[:, flat.state_slice] = state
         if not torch.isfinite(loss).all():
             bad = int((~torch.isfinite(loss)).nonzero()[0])
             raise _diverged(k, recipe, max(steps // recipe.epochs, 1), float(loss[bad]), f" (model {bad})")
@@ -338,7 +362,7 @@ def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, ta
                           for r in recipes])
     weights = torch.ones(n, dtype=dtype, device=device)
     runs = []
-    chunk = models_per_chunk(flat.num_params, dtype)
+    chunk = models_per_chunk(flat.num_params, dtype, device, convolutional=flat.convolutional)
     for s in range(0, len(recipes), chunk):
         part = slice(s, s + chunk)
         final, ckpts, losses = train_many(flat, data, recipe, task, inits[part], orders[part], progress=progress,
@@ -349,7 +373,16 @@ def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, ta
     return runs
 
 
-def models_per_chunk(num_params: int, dtype: torch.dtype, budget_bytes: int = 24 * 2**20) -> int:
-    """How many models to train together: keeps each stacked [M, P] tensor under ~24 MiB, where
-    CPU allocators still reuse memory instead of mapping fresh pages on every step."""
+def models_per_chunk(num_params: int, dtype: torch.dtype, device: torch.device | str | None = None,
+                     budget_bytes: int | None = None, convolutional: bool = False) -> int:
+    """How many models to train together: on a CPU each stacked [M, P] tensor stays under ~24 MiB, where
+    allocators still reuse memory instead of mapping fresh pages on every step; on a GPU under 256 MiB
+    (the models' activations, which grow with M too, take the rest of the memory). Convolutional models
+    train one at a time on a CPU: vmap turns their convolutions into grouped ones, which were slower there
+    than a loop (4.9 s against 4.0 s a model for cifar10_cpu-like ResNet-9s, BENCHMARKS.md)."""
+    on_gpu = torch.device(device or "cpu").type == "cuda"
+    if convolutional and not on_gpu:
+        return 1
+    if budget_bytes is None:
+        budget_bytes = 256 * 2**20 if on_gpu else 24 * 2**20
     return max(1, min(256, budget_bytes // (num_params * torch.finfo(dtype).bits // 8)))

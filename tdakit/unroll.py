@@ -60,7 +60,7 @@ def unrolled_adjoint(run: Run, v_final: Tensor, dtype: torch.dtype | None = None
     thetas = replay(run, dtype) if thetas is None else thetas
     v_final = v_final.to(dtype)
 
-    batch_gradient = make_batch_gradient(model, task)  # (gradient, loss): the loss rides along as aux
+    batch_gradient = make_batch_gradient(model, task)  # (gradient, (loss, state)): rides along as aux
 
     scores = torch.zeros(len(v_final), len(data), dtype=dtype, device=v_final.device)
     initial = torch.zeros_like(v_final)

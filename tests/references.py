@@ -80,3 +80,16 @@ def trained(module: nn.Module, data: Split, task, wd: float = 1e-3, checkpoints=
     recipe = tdakit.Recipe(lr=0.1, epochs=3, batch_size=8, weight_decay=wd)
     return tdakit.train(module, data, recipe, task, checkpoints=checkpoints, dtype=torch.float64, progress=False,
                         weights=weights, cache=False)
+
+
+def kronecker_basis_directions(K, num_params: int, per_layer: int, seed: int = 0):
+    """(layer, o, i, v) for ``per_layer`` random entries of each layer's Kronecker eigenbasis: v [P] float64 is
+    s_o a_i^T written into that layer's block (zeros elsewhere)."""
+    g = torch.Generator().manual_seed(seed)
+    for layer in K.layers:
+        for _ in range(per_layer):
+            o = int(torch.randint(layer.slot.out_dim, (1,), generator=g))
+            i = int(torch.randint(layer.slot.in_dim, (1,), generator=g))
+            v = torch.zeros(num_params, dtype=torch.float64)
+            layer.slot.scatter(torch.outer(layer.S_vectors[:, o], layer.A_vectors[:, i]), v)
+            yield layer, o, i, v

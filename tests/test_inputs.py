@@ -60,8 +60,10 @@ def test_bad_recipes_and_tasks():
         tdakit.Recipe(schedule="step").learning_rates(10)
     with pytest.raises(ValueError, match="unknown measurement 'accuracy'"):
         tdakit.Classification(measure="accuracy")
-    with pytest.raises(ValueError, match="buffers"):
-        tdakit.FlatModel(torch.nn.BatchNorm1d(3))
+    with_buffer = torch.nn.Linear(3, 2)
+    with_buffer.register_buffer("mask", torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"buffers \['mask'\].*only BatchNorm"):
+        tdakit.FlatModel(with_buffer)
 
 
 def test_classification_margin_and_loss():

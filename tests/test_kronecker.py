@@ -46,14 +46,8 @@ def test_ekfac_eigenvalues_are_the_exact_curvature_diagonal_in_the_kronecker_bas
     theta = run.final
     K = curv.kronecker_curvature(run.model, run.task, theta[None], data, WD)
     G = dense_ggn(run.model, run.task, theta, data)
-    g = torch.Generator().manual_seed(1)
-    for layer in K.layers:
-        for _ in range(6):
-            o = int(torch.randint(layer.slot.out_dim, (1,), generator=g))
-            i = int(torch.randint(layer.slot.in_dim, (1,), generator=g))
-            v = torch.zeros(run.model.num_params, dtype=torch.float64)
-            layer.slot.scatter(torch.outer(layer.S_vectors[:, o], layer.A_vectors[:, i]), v)
-            assert float(v @ G @ v) == pytest.approx(float(layer.eigenvalues[o, i]) + WD, rel=1e-9, abs=1e-12)
+    for layer, o, i, v in references.kronecker_basis_directions(K, run.model.num_params, 6, seed=1):
+        assert float(v @ G @ v) == pytest.approx(float(layer.eigenvalues[o, i]) + WD, rel=1e-9, abs=1e-12)
 
 
 def _cosine(a, b):

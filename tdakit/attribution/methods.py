@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..datasets import Split
+from ..hardware import check_precision
 from ..stages import StagedRun
 from ..training import Run
 from ..unroll import unrolled_scores
@@ -94,7 +95,9 @@ def _prepare(run: Run | StagedRun, query: Split, method: str, settings: dict,
 def check_method(run: Run | StagedRun, query: Split, method: str, settings: dict | None = None) -> None:
     """Raise the error ``attribute`` would raise before any work (unknown method or setting, a method that
     needs checkpoints on a run without them, queries that do not fit the run); return None when it can run."""
-    _prepare(run, query, method, dict(settings or {}), False)
+    settings = dict(settings or {})
+    check_precision(settings.pop("precision", "float32"))
+    _prepare(run, query, method, settings, False)
 
 
 def check_query(run: Run, query: Split) -> None:
@@ -115,45 +118,61 @@ def attribute(run: Run | StagedRun, query: Split, method: str = "source", progre
     """Scores of every training point of ``run`` for every query, by ``method`` (see METHODS).
 
     settings go to the method (e.g. damping=, curvature=, segments=). progress: show bars for long
-    loops (default on). For a ``StagedRun`` (a pipeline): a list of Scores, one per stage."""
+    loops (default on). precision="bf16" makes the score products u . grad L(z_i) (influence, SOURCE,
+    Fast-SOURCE, TracIn, grad_dot) in bfloat16 with float32 accumulation (see ``hardware.products``); other
+    methods ignore it. For a ``StagedRun`` (a pipeline): a list of Scores, one per stage."""
+    precision = check_precision(settings.pop("precision", "float32"))
     spec, full = _prepare(run, query, method, settings, progress)
     start = time.perf_counter()
     if isinstance(run, StagedRun):
         parts = spec.staged(run, query, **full)
         plans = [p for p in parts if isinstance(p, Plan)]
-        values = iter(evaluate(plans, progress=progress))
+        values = iter(evaluate(plans, progress=progress, precision=precision))
         seconds = time.perf_counter() - start
         return [Scores(ensure_finite((next(values) if isinstance(p, Plan) else p).to(run.final.dtype), method),
                        method, seconds, settings, stage=s) for s, p in enumerate(parts)]
     out = spec.compute(run, query, **full)
-    values = evaluate([out], progress=progress)[0] if isinstance(out, Plan) else out
+    values = evaluate([out], progress=progress, precision=precision)[0] if isinstance(out, Plan) else out
+    if precision != "float32":
+        settings = {**settings, "precision": precision}
     return Scores(ensure_finite(values.to(run.final.dtype), method), method, time.perf_counter() - start, settings)
 
 
 def attribute_many(run: Run, query: Split, configs: Mapping[str, tuple[str, dict]],
-                   progress: bool = True) -> dict[str, Scores]:
+                   progress: bool = True, precision: str = "float32") -> dict[str, Scores]:
     """Several method configurations {label: (method, settings)} on one run, sharing per-example gradients:
     every (checkpoint, training point) gradient is made once and multiplied by the query-side vectors of
     every method that needs it. Seconds: each method's own work plus its share of the shared products
-    (split by the number of query rows it multiplies)."""
-    prepared = {label: _prepare(run, query, method, dict(settings), progress) for label, (method, settings) in
-                configs.items()}
+    (split by the number of query rows it multiplies). precision: as in ``attribute``, for every
+    configuration that does not set its own (``settings["precision"]``); each precision shares its own pass."""
+    precisions, prepared = {}, {}
+    for label, (method, settings) in configs.items():
+        settings = dict(settings)
+        precisions[label] = check_precision(settings.pop("precision", precision))
+        prepared[label] = _prepare(run, query, method, settings, progress)
     outs, seconds = {}, {}
     for label, (spec, full) in prepared.items():
         start = time.perf_counter()
         outs[label] = spec.compute(run, query, **full)
         seconds[label] = time.perf_counter() - start
     planned = [label for label, out in outs.items() if isinstance(out, Plan)]
-    start = time.perf_counter()
-    values = dict(zip(planned, evaluate([outs[label] for label in planned], progress=progress), strict=True))
-    shared = time.perf_counter() - start
     rows = {label: sum(len(t.u) for t in outs[label].terms) for label in planned}
-    total = max(sum(rows.values()), 1)
+    values, extra = {}, {}
+    for kind in dict.fromkeys(precisions[label] for label in planned):  # one shared pass per precision
+        group = [label for label in planned if precisions[label] == kind]
+        start = time.perf_counter()
+        values.update(zip(group, evaluate([outs[label] for label in group], progress=progress, precision=kind),
+                          strict=True))
+        shared = time.perf_counter() - start
+        total = max(sum(rows[label] for label in group), 1)
+        extra.update({label: shared * rows[label] / total for label in group})
     result = {}
     for label, (spec, _) in prepared.items():
         got = values[label] if label in values else outs[label]
-        extra = shared * rows[label] / total if label in rows else 0.0
-        result[label] = Scores(ensure_finite(got.to(run.final.dtype), spec.name), spec.name, seconds[label] + extra,
-                               dict(configs[label][1]))
+        settings = dict(configs[label][1])
+        if precisions[label] != "float32":
+            settings["precision"] = precisions[label]
+        result[label] = Scores(ensure_finite(got.to(run.final.dtype), spec.name), spec.name,
+                               seconds[label] + extra.get(label, 0.0), settings)
     return result
 

@@ -8,7 +8,8 @@ with a query-side vector u [Q, P] (the query gradient after the method's curvatu
 parameters theta at which training gradients are taken (the final parameters or a checkpoint). A
 method *plans* its terms; ``evaluate`` then makes every per-example gradient once per distinct
 (training data, theta) and multiplies it by the u of every term -- of every method -- that needs it.
-Per-example gradients are made chunk by chunk and never held for the whole dataset.
+Per-example gradients are made chunk by chunk and never held for the whole dataset; under
+torch.distributed the chunks are dealt out to the processes (see ``distributed``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import distributed, hardware
 from ..datasets import Split
 from ..grads import loss_grads, rows_per_chunk
 from ..models import FlatModel
@@ -47,9 +49,11 @@ class Plan:
     queries: int
 
 
-def evaluate(plans: Sequence[Plan], chunk: int | None = None, progress: bool = False) -> list[Tensor]:
+def evaluate(plans: Sequence[Plan], chunk: int | None = None, progress: bool = False,
+             precision: str = "float32") -> list[Tensor]:
     """Scores [Q, N] float64 of every plan. Terms that share training data (the same Split object) and
-    equal theta share one pass of per-example gradients."""
+    equal theta share one pass of per-example gradients. precision: "float32" (the model's dtype) or
+    "bf16" for the products (``hardware.products``)."""
     groups: list[tuple[Plan, Tensor, list[tuple[int, Term]]]] = []
     for p, plan in enumerate(plans):
         for term in plan.terms:
@@ -64,16 +68,17 @@ def evaluate(plans: Sequence[Plan], chunk: int | None = None, progress: bool = F
     for first, theta, members in tqdm(groups, desc="gradient products", disable=not progress, leave=False):
         u = torch.cat([term.u.to(theta.dtype) for _, term in members])  # [sum of Q, P]
         data = first.data.to(theta.dtype, theta.device)
-        size = chunk or rows_per_chunk(theta.numel())
-        for s in range(0, len(data), size):
+        size = chunk or rows_per_chunk(theta.numel(), device=theta.device)
+        starts = range(0, len(data), size)
+        for s in [starts[j] for j in distributed.mine(len(starts))]:  # every chunk in one process
             grads = loss_grads(first.model, first.task, theta, data.subset(slice(s, s + size)), chunk=size)
-            products = (u @ grads.T).double()  # [sum of Q, chunk]
+            products = hardware.products(u, grads, precision)  # [sum of Q, chunk] float64
             row = 0
             for p, term in members:
                 q = len(term.u)
                 out[p][:, s:s + size] += term.scale * products[row:row + q]
                 row += q
-    return out
+    return [distributed.sum_over_ranks(o) for o in out]  # each process filled its own columns
 
 
 def _device(plan: Plan) -> torch.device:

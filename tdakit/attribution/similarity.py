@@ -35,7 +35,7 @@ def grad_cos_scores(run: Run, query: Split, progress: bool = True) -> Tensor:
     v = measurement_grads(run.model, run.task, run.final, query.to(run.final.dtype))
     v = v / v.norm(dim=1, keepdim=True).clamp(min=1e-30)
     data = run.train.to(run.final.dtype)
-    chunk = rows_per_chunk(run.model.num_params)
+    chunk = rows_per_chunk(run.model.num_params, device=run.final.device)
     out = []
     for s in range(0, len(data), chunk):
         g = loss_grads(run.model, run.task, run.final, data.subset(slice(s, s + chunk)))

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .. import distributed
 from ..datasets import Split
 from ..grads import loss_grads, measurement_grads, rows_per_chunk
 from ..models import LayerSlot
@@ -60,9 +61,16 @@ def trak_scores(run: Run, query: Split, projection: int = 32, damping: float | s
     theta, dtype = run.final, run.final.dtype
     proj = _projections(slots, projection, seed, dtype, theta.device)
     data = run.train.to(dtype)
-    chunk = rows_per_chunk(run.model.num_params)
-    phi = torch.cat([project(slots, proj, loss_grads(run.model, run.task, theta, data.subset(slice(s, s + chunk))))
-                     for s in range(0, len(data), chunk)]).double()  # [N, k]
+    chunk = rows_per_chunk(run.model.num_params, device=theta.device)
+    starts = range(0, len(data), chunk)
+    pieces = {s: project(slots, proj, loss_grads(run.model, run.task, theta, data.subset(slice(s, s + chunk))))
+              for s in [starts[j] for j in distributed.mine(len(starts))]}  # all of them in one process
+    width = sum((r_out.shape[0] if r_out is not None else sl.out_dim) * (r_in.shape[0] if r_in is not None else
+                sl.in_dim) for sl, (r_out, r_in) in zip(slots, proj, strict=True))
+    phi = torch.zeros(len(data), width, dtype=torch.float64, device=theta.device)  # [N, k]
+    for s, rows in pieces.items():
+        phi[s:s + chunk] = rows.double()
+    phi = distributed.sum_over_ranks(phi)  # each process filled its own rows
     w = run.weights.double().to(phi.device)
     gram = (phi * w[:, None]).T @ phi / len(data)
     if damping == "implied":

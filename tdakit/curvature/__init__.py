@@ -44,7 +44,7 @@ class Kronecker:
     eigen_correction: bool = True
     fisher: str = "ggn"
     exclude: tuple[str, ...] = ()
-    chunk: int = 512
+    chunk: int | None = None  # examples per factor pass (None: sized to the device's memory)
     seed: int = 0
     include_weight_decay: bool = True
 

@@ -31,8 +31,10 @@ from torch import Tensor
 from torch.func import vmap
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..datasets import Split
 from ..grads import psd_sqrt
+from ..hardware import element_budget
 from ..models import FlatModel, LayerSlot
 from ..task import Task
 from .base import EigenFunction, register, resolve
@@ -138,9 +140,20 @@ def _symmetric_eigh(m: Tensor) -> tuple[Tensor, Tensor]:
     return values.clamp(min=0), vectors
 
 
+def examples_per_chunk(model: FlatModel, task: Task, theta: Tensor, data: Split, fisher: str,
+                       slots: list[LayerSlot], cap: int = 512) -> int:
+    """How many examples one factor pass holds: their layer inputs a [n, T, in] and output gradients
+    d [K, n, T, out] (measured on one example), three times over for autograd's own tensors, within the
+    device's budget (``hardware.element_budget``); at most ``cap``."""
+    inputs, grads = layer_gradient_factors(model, task, theta, data.subset(slice(0, 1)), fisher, slots,
+                                           torch.Generator().manual_seed(0))
+    per_example = sum(a.numel() + d.numel() for a, d in zip(inputs, grads, strict=True))
+    return max(1, min(cap, element_budget(theta.device) // (3 * per_example)))
+
+
 def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
                         eigen_correction: bool = True, fisher: str = "ggn", exclude: Sequence[str] = (),
-                        chunk: int = 512, seed: int = 0, progress: bool = False,
+                        chunk: int | None = None, seed: int = 0, progress: bool = False,
                         weights: Tensor | None = None) -> KroneckerCurvature:
     """EK-FAC (eigen_correction=True) or K-FAC curvature averaged over thetas [C, P].
 
@@ -156,6 +169,7 @@ def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Spli
     thetas = thetas.reshape(-1, thetas.shape[-1])
     data = data.to(thetas.dtype, thetas.device)
     n, count = len(data), len(thetas) * len(data)
+    chunk = chunk or examples_per_chunk(model, task, thetas[0], data, fisher, slots)
     pieces = [(c, s) for c in range(len(thetas)) for s in range(0, n, chunk)]
     w = None if weights is None else weights.to(thetas.dtype).to(thetas.device)
     a_count = count if w is None else len(thetas) * float(w.sum())
@@ -171,20 +185,23 @@ def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Spli
     f64 = {"dtype": torch.float64, "device": thetas.device}
     A = [torch.zeros(sl.in_dim, sl.in_dim, **f64) for sl in slots]
     S = [torch.zeros(sl.out_dim, sl.out_dim, **f64) for sl in slots]
-    for c, s in tqdm(pieces, desc="K-FAC factors", disable=not progress, leave=False):
+    ours = [pieces[j] for j in distributed.mine(len(pieces))]  # all of them in one process
+    for c, s in tqdm(ours, desc="K-FAC factors", disable=not progress, leave=False):
         inputs, grads = factors(c, s)
         for i, (a, d) in enumerate(zip(inputs, grads, strict=True)):
             aw = a if w is None else a * w[s:s + chunk, None, None]  # A: the w-weighted mean of a a^T
             A[i] += torch.einsum("nti,ntj->ij", aw, a).double() / a.shape[1]
             S[i] += torch.einsum("knto,kntp->op", d, d).double()
-    eig_A = [_symmetric_eigh(m / a_count) for m in A]
-    eig_S = [_symmetric_eigh(m / count) for m in S]
+    A = [distributed.sum_over_ranks(m) for m in A]
+    S = [distributed.sum_over_ranks(m) for m in S]
+    eig_A = [tuple(distributed.same_everywhere(t) for t in _symmetric_eigh(m / a_count)) for m in A]
+    eig_S = [tuple(distributed.same_everywhere(t) for t in _symmetric_eigh(m / count)) for m in S]
 
     if not eigen_correction:
         values = [torch.outer(sv, av) for (sv, _), (av, _) in zip(eig_S, eig_A, strict=True)]
     else:
         values = [torch.zeros(sl.out_dim, sl.in_dim, **f64) for sl in slots]
-        for c, s in tqdm(pieces, desc="EK-FAC eigenvalues", disable=not progress, leave=False):
+        for c, s in tqdm(ours, desc="EK-FAC eigenvalues", disable=not progress, leave=False):
             inputs, grads = factors(c, s)
             for i, (a, d) in enumerate(zip(inputs, grads, strict=True)):
                 ar = a @ eig_A[i][1].to(a.dtype)  # [n, T, in] in the eigenbasis
@@ -194,7 +211,7 @@ def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Spli
                 else:
                     for dk in dr:
                         values[i] += (torch.einsum("nto,nti->noi", dk, ar) ** 2).sum(0).double()
-        values = [v / count for v in values]
+        values = [distributed.sum_over_ranks(v) / count for v in values]
     layers = [KroneckerLayer(sl, ea[1], es[1], v) for sl, ea, es, v in zip(slots, eig_A, eig_S, values, strict=True)]
     return KroneckerCurvature(layers, model.num_params, float(weight_decay), excluded)
 

@@ -11,12 +11,18 @@ is sorted by digit, so take smaller training sets with ``balanced_subset``), pix
 standardized with the training mean and std, images flattened to 784 features (``flatten=False`` keeps
 [n, 1, 28, 28] for convolutional models). ``mnist_folder(root)`` reads the full MNIST from a local folder
 in torchvision's layout (``root/MNIST/raw/*-ubyte[.gz]``) and never downloads unless asked.
+
+``cifar10_folder(root)`` reads CIFAR-10 from a local folder (torchvision's python batches or an image
+folder, see ``cifar``): a seeded class-balanced training subset (the paper's 3,072 images by default, or
+all 50,000), queries and test images from the official test split, colour images [n, 3, 32, 32]
+standardized per channel with the training subset's statistics.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,7 +32,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["Split", "Dataset", "Scaler", "load", "available", "mnist_folder", "mnist_arrays", "with_label_noise",
-           "rotated", "balanced_subset", "balanced_parts"]
+           "rotated", "balanced_subset", "balanced_parts", "cifar10_folder",
+           "data_root"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,9 @@ class Dataset:
     scaler: Scaler | None = None
     feature_names: tuple[str, ...] = ()
     feature_scalers: tuple[Scaler, ...] = ()  # per feature, standardized -> original units (tabular data)
-    image_shape: tuple[int, ...] = ()  # (H, W) for images stored flattened or not
+    image_shape: tuple[int, ...] = ()  # (H, W) for images stored flattened or not; (C, H, W) for colour
+    channel_scalers: tuple[Scaler, ...] = ()  # per colour channel, standardized -> [0, 1] pixel values
+    class_names: tuple[str, ...] = ()
 
     def features_original(self, x: Tensor) -> Tensor:
         """Tabular features [n, F] back in their original units (unchanged when no scalers are known)."""
@@ -97,6 +106,14 @@ class Dataset:
         mean = torch.tensor([s.mean for s in self.feature_scalers], dtype=torch.float64)
         std = torch.tensor([s.std for s in self.feature_scalers], dtype=torch.float64)
         return mean + std * x.double()
+
+    def pixels(self, x: Tensor) -> Tensor:
+        """Colour images [n, C, H, W] (standardized) -> displayable pixels [n, H, W, C] in [0, 1]."""
+        if not self.channel_scalers:
+            raise ValueError(f"{self.name} has no colour channels to restore")
+        mean = torch.tensor([s.mean for s in self.channel_scalers], dtype=torch.float32)
+        std = torch.tensor([s.std for s in self.channel_scalers], dtype=torch.float32)
+        return (x.float().cpu().movedim(1, -1) * std + mean).clamp(0, 1)
 
 
 def _concrete(seed: int, n_train: int = 896, n_query: int = 103) -> Dataset:
@@ -217,6 +234,49 @@ def mnist_folder(root: str | Path, seed: int = 0, n_train: int = 6144, n_query: 
     if n_train + n_query > len(labels):
         raise ValueError(f"MNIST under {root} has {len(labels)} images; n_train + n_query = {n_train + n_query}")
     return _images_dataset("mnist", images, labels, _stratified(labels, (n_train, n_query), seed), flatten)
+
+
+def data_root() -> Path:
+    """Where folder datasets are looked for by default: $TDAKIT_DATA, else ~/.cache/tdakit/data."""
+    return Path(os.environ.get("TDAKIT_DATA", Path.home() / ".cache" / "tdakit" / "data"))
+
+
+def cifar10_folder(root: str | Path, seed: int = 0, n_train: int | None = 3072, n_query: int = 100,
+                   n_test: int = 1000, download: bool = False, progress: bool = True) -> Dataset:
+    """CIFAR-10 from a local folder (see ``cifar``): a seeded class-balanced training subset of n_train images
+    (None: all 50,000), n_query queries and n_test test images drawn class-balanced from the official test
+    split. x: float32 [n, 3, 32, 32], standardized per channel with the training subset's mean and std
+    (``Dataset.pixels`` undoes it); y: int64 classes (``class_names``). Downloads only with download=True;
+    progress: a bar while image files are decoded."""
+    from . import cifar
+
+    train_source = cifar.source(root, train=True, download=download)
+    test_source = cifar.source(root, train=False)
+    n_train = len(train_source) if n_train is None else n_train
+    if not 0 < n_train <= len(train_source):
+        raise ValueError(f"n_train must lie in 1..{len(train_source)}, got {n_train}")
+    if n_query < 1 or n_test < 0 or n_query + n_test > len(test_source):
+        raise ValueError(f"n_query + n_test must lie in 1..{len(test_source)} (the test split), got "
+                         f"{n_query} + {n_test}")
+    train_rows = (np.arange(len(train_source)) if n_train == len(train_source)
+                  else _stratified(train_source.labels, (n_train,), seed)[0])
+    query_rows, test_rows, _ = _stratified(test_source.labels, (n_query, n_test), seed)
+    train_pixels = train_source.images(train_rows, progress).astype(np.float32) / 255.0  # [n, H, W, 3]
+    mu = train_pixels.reshape(-1, 3).mean(0, dtype=np.float64)
+    sd = train_pixels.reshape(-1, 3).std(0, dtype=np.float64)
+
+    def split(pixels: np.ndarray, labels: np.ndarray) -> Split:
+        x = (pixels.astype(np.float32) - mu.astype(np.float32)) / sd.astype(np.float32)
+        return Split(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))),
+                     torch.as_tensor(labels, dtype=torch.int64))
+
+    def from_test(rows: np.ndarray) -> Split:
+        return split(test_source.images(rows, progress).astype(np.float32) / 255.0, test_source.labels[rows])
+
+    return Dataset("cifar10", "classification", split(train_pixels, train_source.labels[train_rows]),
+                   from_test(query_rows), from_test(test_rows), image_shape=(3, *train_pixels.shape[1:3]),
+                   channel_scalers=tuple(Scaler(float(m), float(d)) for m, d in zip(mu, sd, strict=True)),
+                   class_names=cifar.CLASSES)
 
 
 def balanced_subset(split: Split, n: int, seed: int = 0) -> Split:

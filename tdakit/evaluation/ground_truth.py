@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .. import store
+from .. import distributed, store
 from ..datasets import Split
 from ..grads import measurements
 from ..training import Run, models_per_chunk, seed_of
@@ -77,7 +77,8 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
         return measurements(run.model, run.task, theta, query.to(device=theta.device))
 
     key = store.key_of("groundtruth", run_key(run), query.fingerprint(), subsets, fraction, seed)
-    chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype)
+    chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype, run.final.device,
+                                      convolutional=run.model.convolutional)
     return collect(masks, seeds, seed, retrain_jobs, measure, key, chunk, cache, progress, "ground truth (models)")
 
 
@@ -99,11 +100,20 @@ def collect(masks: Tensor, seeds: int, seed: int, retrain_jobs: Callable[..., Te
     reuses every chunk already computed. The progress bar counts models and moves with every training step."""
     subsets = len(masks)
     jobs = [(m, r) for r in range(seeds) for m in range(subsets)]
-    values = None
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress, unit="model",
                bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}]")
-    for start in range(0, len(jobs), chunk):
+    if distributed.active():  # every process needs a chunk: smaller chunks when there are too few
+        if len(jobs) < distributed.world_size():
+            raise ValueError(f"{len(jobs)} retrainings cannot be shared by {distributed.world_size()} processes; "
+                             "ask for more subsets or seeds, or use fewer processes")
+        chunk = min(chunk, -(-len(jobs) // distributed.world_size()))
+    starts = range(0, len(jobs), chunk)
+    ours = set(distributed.mine(len(starts)))  # under torch.distributed each process retrains its chunks
+    values = None
+    for index, start in enumerate(starts):
         part = jobs[start:start + chunk]
+        if index not in ours:
+            continue
         done_before = bar.n
 
         def compute(part=part) -> dict:
@@ -113,9 +123,11 @@ def collect(masks: Tensor, seeds: int, seed: int, retrain_jobs: Callable[..., Te
 
         got = store.cached(cache, "groundtruth", store.key_of(key, part), compute)["values"]
         if values is None:
-            values = torch.empty(subsets, seeds, got.shape[1], dtype=got.dtype)
+            values = torch.zeros(subsets, seeds, got.shape[1], dtype=got.dtype)
         for (m, r), row in zip(part, got, strict=True):
             values[m, r] = row
         bar.update(done_before + len(part) - bar.n)  # exact count (a cached chunk arrives at once)
     bar.close()
+    if distributed.active():  # the other processes' chunks: sum the measurements (each filled only its own)
+        values = distributed.sum_over_ranks(values)
     return GroundTruth(masks, values)

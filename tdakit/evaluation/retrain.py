@@ -30,7 +30,8 @@ def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None =
     device = run.final.device
     out = torch.empty(len(keep), run.model.num_params, dtype=run.final.dtype, device=device)
     r = run.recipe
-    chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype)
+    chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype, run.final.device,
+                                      convolutional=run.model.convolutional)
     for count in counts.unique().tolist():
         rows = (counts == count).nonzero()[:, 0]
         for s in range(0, len(rows), chunk):
@@ -48,7 +49,8 @@ def retrain_reweighted(run: Run, weights: Tensor, chunk: int | None = None, prog
     """Rerun the recorded trajectory (same init, batch order, rates) with weights [J, N]: [J, P].
     on_step: see ``train_many``."""
     weights = torch.as_tensor(weights, dtype=run.final.dtype, device=run.final.device)
-    chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype)
+    chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype, run.final.device,
+                                      convolutional=run.model.convolutional)
     out = []
     for s in range(0, len(weights), chunk):
         w = weights[s:s + chunk]

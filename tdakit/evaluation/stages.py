@@ -37,7 +37,7 @@ def retrain_stages(staged: StagedRun, stage: int, keep: Tensor, init_seeds: Sequ
     device = staged.final.device
     out = torch.empty(len(keep), model.num_params, dtype=dtype, device=device)
     counts = keep.sum(1)
-    chunk = models_per_chunk(model.num_params, dtype)
+    chunk = models_per_chunk(model.num_params, dtype, device, convolutional=model.convolutional)
     for count in counts.unique().tolist():
         rows = (counts == count).nonzero()[:, 0].tolist()
         for a in range(0, len(rows), chunk):
@@ -68,7 +68,8 @@ def groundtruth_stages(staged: StagedRun, query: Split, stage: int | str, subset
     def retrain_jobs(keep: Tensor, init_seeds: list[int], order_seeds: list[int], on_step) -> Tensor:
         return retrain_stages(staged, s, keep, init_seeds, order_seeds, on_step=on_step)
 
-    chunk = chunk or models_per_chunk(staged.model.num_params, staged.final.dtype)
+    chunk = chunk or models_per_chunk(staged.model.num_params, staged.final.dtype, staged.final.device,
+                                      convolutional=staged.model.convolutional)
     key = store.key_of("groundtruth-stages", [run_key(r) for r in staged.runs], s, query.fingerprint(), subsets,
                        fraction, seed)
     return collect(masks, seeds, seed, retrain_jobs,

@@ -1,0 +1,118 @@
+"""The CIFAR-10 GPU check: ResNet-9 on the paper's 3,072-image subset, EK-FAC SOURCE and influence for 100
+queries, and a reduced LDS, with seconds and peak memory for every phase.
+
+    python benchmarks/gpu_cifar10.py --archive cifar10-jpeg.tar.xz      # one GPU (about 5 minutes planned)
+    python benchmarks/gpu_cifar10.py --archive cifar10-jpeg.tar.xz --tiny   # a CPU: the cifar10_cpu slice
+
+The data is a CIFAR-10 folder (--root, default $TDAKIT_DATA or ~/.cache/tdakit/data) or a tar archive of
+one (--archive, unpacked into a temporary folder). Prints one line per phase and a JSON summary, and
+writes it to benchmarks/results/gpu_cifar10_<device>.json (atomically). Nothing is cached: every phase
+is measured from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from tdakit import hardware
+from tdakit.attribution import attribute_many
+from tdakit.datasets import balanced_subset, cifar, data_root
+from tdakit.evaluation import groundtruth, lds
+from tdakit.presets import preset
+from tdakit.store import write_atomic
+
+
+def peak_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def timed(label: str, fn, device: torch.device, report: dict):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    report["phases"][label] = {"seconds": round(seconds, 2), "peak_GiB": round(peak_gib(device), 3)}
+    print(f"{label:<34} {seconds:8.1f} s   peak {peak_gib(device):6.2f} GiB", flush=True)
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=None, help="CIFAR-10 folder (default: $TDAKIT_DATA or ~/.cache/tdakit/data)")
+    parser.add_argument("--archive", default=None, help="a tar archive of a CIFAR-10 folder, unpacked to a temp dir")
+    parser.add_argument("--tiny", action="store_true", help="the CPU setting: cifar10_cpu, 20 queries, M=6, R=1")
+    parser.add_argument("--queries", type=int, default=None, help="queries (default 100; 20 with --tiny)")
+    parser.add_argument("--subsets", type=int, default=None, help="LDS subsets M (default 20; 6 with --tiny)")
+    parser.add_argument("--seeds", type=int, default=None, help="LDS seeds R (default 2; 1 with --tiny)")
+    parser.add_argument("--width", type=int, default=None, help="ResNet-9 width (the paper: 64; --tiny: 8)")
+    parser.add_argument("--precision", choices=hardware.PRECISIONS, default="float32",
+                        help="score products in float32 or bf16 (float32 accumulation)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gpu_cifar10_<device>.json)")
+    args = parser.parse_args(argv)
+
+    device = hardware.default_device()
+    setting = preset("cifar10_cpu" if args.tiny else "cifar10")
+    if args.width:
+        setting = dataclasses.replace(setting, hidden=(args.width,), name=f"{setting.name} (width {args.width})")
+    queries = args.queries or (20 if args.tiny else 100)
+    subsets, seeds = args.subsets or (6 if args.tiny else 20), args.seeds or (1 if args.tiny else 2)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    report = {"date": date.today().isoformat(), "device": name, "setting": setting.name, "queries": queries,
+              "subsets_M": subsets, "seeds_R": seeds, "precision": args.precision, "torch": torch.__version__,
+              "phases": {}}
+    print(f"{report['date']} | {name} | setting {setting.name} | {queries} queries | LDS with M = {subsets}, "
+          f"R = {seeds} (the paper: M = 100, R = 5) | products in {args.precision}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = cifar.unpack(args.archive, tmp) if args.archive else Path(args.root or data_root())
+        data = timed("load CIFAR-10", lambda: setting.data(root=root, progress=False), device, report)
+    query = balanced_subset(data.query, queries)
+    run = timed(f"train ResNet-9 ({setting.n_train} images)",
+                lambda: setting.train(data, device=device, progress=False, cache=False), device, report)
+    test = data.test.to(device=device)
+    with torch.no_grad():
+        accuracy = float((run.model(run.final, test.x).argmax(1) == test.y).float().mean())
+    report["test_accuracy"] = round(accuracy, 4)
+    report["parameters"] = run.model.num_trainable
+    report["width"] = setting.hidden[0]
+    print(f"{'test accuracy':<34} {accuracy:8.3f}   ({len(test)} images; {run.model.num_trainable:,} parameters)")
+
+    configs = {"influence (EK-FAC)": ("influence", {"curvature": "ekfac"}),
+               "SOURCE (L=3, C=6, EK-FAC)": ("source", {"segments": 3, "curvature": "ekfac"})}
+    scores = {}
+    for label, config in configs.items():  # one at a time, so that each has its own seconds and memory
+        scores.update(timed(label, lambda label=label, config=config: attribute_many(
+            run, query, {label: config}, progress=False, precision=args.precision), device, report))
+    truth = timed(f"ground truth ({subsets * seeds} retrainings)", lambda: groundtruth(
+        run, query, subsets=subsets, seeds=seeds, cache=False, progress=False), device, report)
+    report["lds"] = {}
+    for label, s in scores.items():
+        interval = lds(s.values, truth)
+        report["lds"][label] = [round(interval.value, 3), round(interval.low, 3), round(interval.high, 3)]
+        print(f"LDS {label:<30} {interval.value:6.3f} [{interval.low:.3f}, {interval.high:.3f}]")
+    report["total_seconds"] = round(sum(p["seconds"] for p in report["phases"].values()), 1)
+    print(f"{'total':<34} {report['total_seconds']:8.1f} s")
+    out = Path(args.out or Path(__file__).parent / "results" / f"gpu_cifar10_{device.type}.json")
+    write_atomic(out, lambda f: f.write(json.dumps(report, indent=1).encode()))
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

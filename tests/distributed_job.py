@@ -1,0 +1,69 @@
+"""One small job that touches every part tdakit shares over processes: EK-FAC fitting, score products
+(influence, SOURCE, TRAK) and ground-truth retraining. test_distributed.py runs it in one process and with
+``torchrun --nproc_per_node 2`` (gloo) and compares. Run directly: python tests/distributed_job.py OUT."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import tdakit
+from tdakit import distributed
+from tdakit.datasets import Split
+from tdakit.evaluation import groundtruth
+
+
+def problem():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(72, 2, 6, 6, generator=g)
+    data = Split(x, torch.randint(0, 3, (72,), generator=g))
+    query = Split(torch.randn(5, 2, 6, 6, generator=g), torch.randint(0, 3, (5,), generator=g))
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(36, 3))
+    recipe = tdakit.Recipe(lr=0.05, epochs=2, batch_size=16, momentum=0.9, weight_decay=1e-3)
+    return model, data, query, recipe
+
+
+def job() -> dict:
+    """Everything is computed in pieces of 16 points, so two processes get several pieces each."""
+    model, data, query, recipe = problem()
+    run = tdakit.train(model, data, recipe, tdakit.Classification(), checkpoints=3, progress=False, cache=False)
+    factors = tdakit.curvature.kronecker.kronecker_curvature(run.model, run.task, run.checkpoints, data,
+                                                             recipe.weight_decay, chunk=16)
+    from tdakit.attribution import products
+
+    original, made = (products.rows_per_chunk, products.loss_grads), []
+
+    def counted(model, task, theta, part, chunk=256):  # how many per-example gradients this process made
+        made.append(len(part))
+        return original[1](model, task, theta, part, chunk)
+
+    products.rows_per_chunk = lambda *a, **k: 16  # several chunks of training points for the processes
+    products.loss_grads = counted
+    try:
+        scores = {m: tdakit.attribute(run, query, m, progress=False).values
+                  for m in ("influence", "source", "tracin")}
+    finally:
+        products.rows_per_chunk, products.loss_grads = original
+    rows = [sum(made)]
+    if distributed.active():
+        rows = [None] * distributed.world_size()
+        torch.distributed.all_gather_object(rows, sum(made))
+    truth = groundtruth(run, query, subsets=4, seeds=2, chunk=2, cache=False, progress=False)
+    return {"world": distributed.world_size(), "gradient_rows": rows,
+            "eigenvalues": [layer.eigenvalues for layer in factors.layers],
+            "A": [layer.A_vectors for layer in factors.layers], "S": [layer.S_vectors for layer in factors.layers],
+            "scores": scores, "truth": truth.values, "masks": truth.masks}
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    distributed.init()
+    result = job()
+    if distributed.is_main():
+        out = Path(sys.argv[1])
+        torch.save(result, out.with_suffix(".tmp"))
+        out.with_suffix(".tmp").replace(out)
