@@ -3,6 +3,7 @@ queries, and a reduced LDS, with seconds and peak memory for every phase.
 
     python benchmarks/gpu_cifar10.py --archive cifar10-jpeg.tar.xz      # one GPU (about 5 minutes planned)
     python benchmarks/gpu_cifar10.py --archive cifar10-jpeg.tar.xz --tiny   # a CPU: the cifar10_cpu slice
+    python benchmarks/gpu_cifar10.py --archive cifar10-jpeg.tar.xz --full   # also all 50,000 images (issue 12)
 
 The data is a CIFAR-10 folder (--root, default $TDAKIT_DATA or ~/.cache/tdakit/data) or a tar archive of
 one (--archive, unpacked into a temporary folder). Prints one line per phase and a JSON summary, and
@@ -63,6 +64,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--width", type=int, default=None, help="ResNet-9 width (the paper: 64; --tiny: 8)")
     parser.add_argument("--precision", choices=hardware.PRECISIONS, default="float32",
                         help="score products in float32 or bf16 (float32 accumulation)")
+    parser.add_argument("--full", action="store_true",
+                        help="then train on all 50,000 images (cifar10_full) and time influence and SOURCE there")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gpu_cifar10_<device>.json)")
     args = parser.parse_args(argv)
 
@@ -106,6 +109,17 @@ def main(argv=None) -> dict:
         interval = lds(s.values, truth)
         report["lds"][label] = [round(interval.value, 3), round(interval.low, 3), round(interval.high, 3)]
         print(f"LDS {label:<30} {interval.value:6.3f} [{interval.low:.3f}, {interval.high:.3f}]")
+    if args.full:  # the same methods on all 50,000 training images (no ground truth there)
+        full_setting = dataclasses.replace(preset("cifar10_full"), hidden=setting.hidden)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = cifar.unpack(args.archive, tmp) if args.archive else Path(args.root or data_root())
+            full = timed("load all 50,000 training images", lambda: full_setting.data(root=root, progress=False),
+                         device, report)
+        full_run = timed("train ResNet-9 (50,000 images)", lambda: full_setting.train(
+            full, device=device, progress=False, cache=False), device, report)
+        for label, config in configs.items():
+            timed(f"{label}, 50,000 images", lambda config=config: attribute_many(
+                full_run, query, {"full": config}, progress=False, precision=args.precision), device, report)
     report["total_seconds"] = round(sum(p["seconds"] for p in report["phases"].values()), 1)
     print(f"{'total':<34} {report['total_seconds']:8.1f} s")
     out = Path(args.out or Path(__file__).parent / "results" / f"gpu_cifar10_{device.type}.json")

@@ -22,6 +22,16 @@ def per_example_grads(model: FlatModel, fn, theta: Tensor, data: Split, chunk: i
     return torch.cat([per_example(theta, data.x[s:s + chunk], data.y[s:s + chunk]) for s in range(0, len(data), chunk)])
 
 
+def loss_grads_at(model: FlatModel, task: Task, theta: Tensor, data: Split, index: Tensor) -> Tensor:
+    """grad L(z_i, theta) restricted to the parameters ``index`` [R]: [n, R]. Only those parameters are
+    differentiated (the rest of theta is held constant), so their layers' weight gradients are never made."""
+    def one(part, x, y):
+        return task.loss(model(theta.index_put((index,), part), x[None]), y[None])[0]
+
+    data = data.to(theta.dtype, theta.device)
+    return vmap(grad(one), in_dims=(None, 0, 0))(theta[index], data.x, data.y)
+
+
 def loss_grads(model: FlatModel, task: Task, theta: Tensor, data: Split, chunk: int = 256) -> Tensor:
     """grad_theta L(z_i, theta) for every example (no weight decay): [n, P]."""
     return per_example_grads(model, task.loss, theta, data, chunk)

@@ -49,3 +49,13 @@ def products(u: Tensor, grads: Tensor, precision: str = "float32", block: int = 
     for s in range(0, u.shape[1], block):
         out += (u[:, s:s + block].bfloat16() @ grads[:, s:s + block].bfloat16().T).float()
     return out.double()
+
+
+def matmul(a: Tensor, b: Tensor, precision: str = "float32") -> Tensor:
+    """a [n, k] @ b [k, m] in the inputs' dtype, or with precision "bf16" from bfloat16 inputs (float32
+    accumulation inside the matmul, the result returned in float32). For short inner dimensions k (a
+    layer's inputs); ``products`` blocks long ones."""
+    check_precision(precision)
+    if precision == "float32" or a.dtype == torch.float64:
+        return a @ b
+    return (a.bfloat16() @ b.bfloat16()).float()

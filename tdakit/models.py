@@ -210,14 +210,15 @@ class FlatModel:
             raise ValueError(f"layer {layer!r} was not called in the forward pass")
         return seen[-1]
 
-    def layers(self, exclude: Sequence[str] = ()) -> tuple[list[LayerSlot], list[slice]]:
+    def layers(self, exclude: Sequence[str] = (), strict: bool = True) -> tuple[list[LayerSlot], list[slice]]:
         """The layers with a Kronecker-factored form (nn.Linear, nn.Conv2d) and the flat slices of the
         ``exclude``d ones. Shared by K-FAC/EK-FAC curvature, hook-based gradients, TRAK's projections.
 
         Normalisation layers (BatchNorm) are always excluded, and so is the running-statistics state: their
         score contributions are 0 in every Kronecker-based method (docs/conventions.md). Raises a ValueError
         naming any other layer with parameters that is neither supported nor excluded, and any parameter
-        shared by two layers (call one module twice instead: that is supported)."""
+        shared by two layers (call one module twice instead: that is supported). strict=False excludes such
+        layers instead (and allows a model with no factorable layer)."""
         exclude = set(exclude)
         named = dict(self.network.named_modules())
         with_params = [n for n, m in named.items() if list(m.parameters(recurse=False))]
@@ -242,6 +243,9 @@ class FlatModel:
             if name in exclude or name in self.norms:
                 excluded += list(full.values())
                 continue
+            if not strict and not factorable(module):
+                excluded += list(full.values())
+                continue
             if not isinstance(module, SUPPORTED):
                 raise ValueError(
                     f"layer {label!r} ({type(module).__name__}) has parameters but no Kronecker-factored form; "
@@ -254,11 +258,29 @@ class FlatModel:
             out_dim = module.weight.shape[0]
             in_dim = module.weight[0].numel() + (module.bias is not None)
             slots.append(LayerSlot(name, module, full["weight"], full.get("bias"), out_dim, in_dim))
-        if not slots:
+        if not slots and strict:
             raise ValueError("the model has no nn.Linear or nn.Conv2d layer left to factor")
         if self.num_state:
             excluded.append(self.state_slice)
         return slots, excluded
+
+    def hook_split(self) -> tuple[list[LayerSlot], Tensor] | None:
+        """For per-example gradients: the layers whose gradients forward hooks give as d a^T (every
+        nn.Linear, and nn.Conv2d with groups=1 and numeric zero padding), and the flat indices [R] of every
+        other trainable parameter (for torch.func). None when hooks cannot serve (tied weights, or no such
+        layer)."""
+        try:
+            slots, _ = self.layers(strict=False)
+        except ValueError:  # tied weights
+            return None
+        if not slots:
+            return None
+        covered = torch.zeros(self.num_trainable, dtype=torch.bool)
+        for slot in slots:
+            for part in (slot.weight, slot.bias):
+                if part is not None:
+                    covered[part] = True
+        return slots, (~covered).nonzero()[:, 0]
 
     def tap(self, theta: Tensor, x: Tensor,
             slots: Sequence[LayerSlot]) -> tuple[Tensor, list[Tensor], list[list[Tensor]]]:
@@ -353,6 +375,13 @@ def _with_training_norms(module: nn.Module, norms: dict[str, nn.Module], sink: _
 
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+def factorable(module: nn.Module) -> bool:
+    """Whether a layer's gradient is sum_t d_t a_t^T over positions (LayerSlot's form)."""
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1 and not isinstance(module.padding, str) and module.padding_mode == "zeros"
+    return isinstance(module, SUPPORTED)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import distributed, hardware
+from ..curvature.kronecker import layer_gradient_factors
 from ..datasets import Split
-from ..grads import loss_grads, rows_per_chunk
-from ..models import FlatModel
+from ..grads import loss_grads, loss_grads_at, rows_per_chunk
+from ..models import FlatModel, LayerSlot
 from ..task import Task
 
 
@@ -49,11 +50,19 @@ class Plan:
     queries: int
 
 
+GRADIENTS = ("auto", "hooks", "vmap")
+
+
 def evaluate(plans: Sequence[Plan], chunk: int | None = None, progress: bool = False,
-             precision: str = "float32") -> list[Tensor]:
+             precision: str = "float32", gradients: str = "auto") -> list[Tensor]:
     """Scores [Q, N] float64 of every plan. Terms that share training data (the same Split object) and
     equal theta share one pass of per-example gradients. precision: "float32" (the model's dtype) or
-    "bf16" for the products (``hardware.products``)."""
+    "bf16" for the products (``hardware.products``). gradients: "hooks" contracts u with the layer inputs
+    and output gradients of every nn.Linear / nn.Conv2d (``factored_products``) and uses torch.func for the
+    other parameters; "vmap" makes flat per-example gradients with torch.func; "auto" (the default) takes
+    hooks when the model has such layers."""
+    if gradients not in GRADIENTS:
+        raise ValueError(f"gradients must be one of {GRADIENTS}, got {gradients!r}")
     groups: list[tuple[Plan, Tensor, list[tuple[int, Term]]]] = []
     for p, plan in enumerate(plans):
         for term in plan.terms:
@@ -68,17 +77,74 @@ def evaluate(plans: Sequence[Plan], chunk: int | None = None, progress: bool = F
     for first, theta, members in tqdm(groups, desc="gradient products", disable=not progress, leave=False):
         u = torch.cat([term.u.to(theta.dtype) for _, term in members])  # [sum of Q, P]
         data = first.data.to(theta.dtype, theta.device)
-        size = chunk or rows_per_chunk(theta.numel(), device=theta.device)
+        split = None if gradients == "vmap" else first.model.hook_split()
+        if gradients == "hooks" and split is None:
+            raise ValueError("gradients='hooks' needs nn.Linear or nn.Conv2d layers and no tied weights")
+        factored = None if split is None else FactoredQueries(first.model, u, *split)
+        size = chunk or (factored.examples_per_chunk(first.task, theta, data) if factored is not None
+                         else rows_per_chunk(theta.numel(), device=theta.device))
         starts = range(0, len(data), size)
         for s in [starts[j] for j in distributed.mine(len(starts))]:  # every chunk in one process
-            grads = loss_grads(first.model, first.task, theta, data.subset(slice(s, s + size)), chunk=size)
-            products = hardware.products(u, grads, precision)  # [sum of Q, chunk] float64
+            part = data.subset(slice(s, s + size))
+            if factored is not None:
+                products = factored.products(first.task, theta, part, precision)  # [sum of Q, chunk] float64
+            else:
+                products = hardware.products(u, loss_grads(first.model, first.task, theta, part, chunk=size),
+                                             precision)
             row = 0
             for p, term in members:
                 q = len(term.u)
                 out[p][:, s:s + size] += term.scale * products[row:row + q]
                 row += q
     return [distributed.sum_over_ranks(o) for o in out]  # each process filled its own columns
+
+
+class FactoredQueries:
+    """Query-side vectors u [Q, P] arranged for products with per-example gradients made by hooks.
+
+    For a layer with inputs a_t [in] and output gradients d_t [out] at positions t (one position for
+    nn.Linear, the unfolded patches of nn.Conv2d), example i's gradient of the layer matrix is
+    G_i = sum_t d_it a_it^T, so u . grad L(z_i) = sum over layers of <U_l, G_i> with U_l the layer's block
+    of u as a matrix [out, in]. Per-example gradients exist one layer at a time (never as a flat [n, P]
+    tensor); parameters outside such layers (normalisation layers, unsupported ones) are differentiated
+    with torch.func, those parameters only."""
+
+    def __init__(self, model: FlatModel, u: Tensor, slots: list[LayerSlot], rest: Tensor):
+        self.model, self.slots, self.rest = model, slots, rest.to(u.device)
+        self.blocks = [slot.matrix(u) for slot in slots]  # [Q, out, in] per layer
+        self.u_rest = u[:, self.rest]
+
+    def examples_per_chunk(self, task: Task, theta: Tensor, data: Split, cap: int = 1024) -> int:
+        """How many examples one pass takes: the largest per-example tensor of any layer (its inputs and
+        output gradients, its per-example matrix or its [Q, out] products) and the other parameters'
+        gradients, within the device's budget (``hardware.element_budget``)."""
+        inputs, grads = layer_gradient_factors(self.model, task, theta, data.subset(slice(0, 1)), "empirical",
+                                               self.slots)
+        q = self.u_rest.shape[0]
+        largest = max(a.numel() + d.numel() + (q * b.shape[1] if a.shape[1] == 1 else b[0].numel())
+                      for a, d, b in zip(inputs, grads, self.blocks, strict=True))
+        per_example = max(largest, 4 * len(self.rest), 1)
+        return max(1, min(cap, hardware.element_budget(theta.device) // (2 * per_example)))
+
+    def products(self, task: Task, theta: Tensor, data: Split, precision: str = "float32") -> Tensor:
+        """u . grad L(z_i, theta) for every example of data: [Q, n] float64.
+
+        One position (nn.Linear): d_i^T U a_i, as (a U^T) then a product with d, so no per-example matrix is
+        formed (Q n out in multiply-adds). Several positions (nn.Conv2d): G_i = sum_t d_it a_it^T first
+        (n T out in), then <U, G_i> (Q n out in), cheaper than contracting every position with every query."""
+        inputs, grads = layer_gradient_factors(self.model, task, theta, data, "empirical", self.slots)
+        out = torch.zeros(self.u_rest.shape[0], len(data), dtype=torch.float64, device=theta.device)
+        for block, a, d in zip(self.blocks, inputs, grads, strict=True):
+            q, o, i = block.shape
+            if a.shape[1] == 1:
+                projected = hardware.matmul(a[:, 0], block.reshape(q * o, i).T, precision).view(-1, q, o)
+                out += torch.einsum("nqo,no->qn", projected, d[0, :, 0].to(projected.dtype)).double()
+            else:
+                g = torch.einsum("nto,nti->noi", d[0], a).flatten(1)
+                out += hardware.products(block.flatten(1), g, precision)
+        if len(self.rest):
+            out += hardware.products(self.u_rest, loss_grads_at(self.model, task, theta, data, self.rest), precision)
+        return out
 
 
 def _device(plan: Plan) -> torch.device:

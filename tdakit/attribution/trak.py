@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 
 from .. import distributed
+from ..curvature.kronecker import layer_gradient_factors
 from ..datasets import Split
-from ..grads import loss_grads, measurement_grads, rows_per_chunk
+from ..grads import measurement_grads, rows_per_chunk
 from ..models import LayerSlot
 from ..training import Run
 from .influence import check_damping, implied_damping
@@ -51,6 +52,18 @@ def project(slots: list[LayerSlot], projections, v: Tensor) -> Tensor:
     return torch.cat(parts, 1)
 
 
+def project_factors(slots: list[LayerSlot], projections, inputs: list[Tensor], grads: list[Tensor]) -> Tensor:
+    """``project`` of per-example gradients given as layer factors (inputs a [n, T, in], output gradients
+    d [1, n, T, out]) without forming them: R_out (sum_t d_t a_t^T) R_in^T = sum_t (R_out d_t)(R_in a_t)^T.
+    Returns features [n, sum of k_o * k_i]."""
+    parts = []
+    for (r_out, r_in), a, d in zip(projections, inputs, grads, strict=True):
+        d = d[0] if r_out is None else d[0] @ r_out.T  # [n, T, k_o]
+        a = a if r_in is None else a @ r_in.T  # [n, T, k_i]
+        parts.append(torch.einsum("nto,nti->noi", d, a).flatten(1))
+    return torch.cat(parts, 1)
+
+
 def trak_scores(run: Run, query: Split, projection: int = 32, damping: float | str = "implied", seed: int = 0,
                 exclude: Sequence[str] = (), progress: bool = True) -> Tensor:
     """TRAK scores [Q, N] of one run (see the module docstring). projection: kept rows/columns per side
@@ -63,7 +76,8 @@ def trak_scores(run: Run, query: Split, projection: int = 32, damping: float | s
     data = run.train.to(dtype)
     chunk = rows_per_chunk(run.model.num_params, device=theta.device)
     starts = range(0, len(data), chunk)
-    pieces = {s: project(slots, proj, loss_grads(run.model, run.task, theta, data.subset(slice(s, s + chunk))))
+    pieces = {s: project_factors(slots, proj, *layer_gradient_factors(
+        run.model, run.task, theta, data.subset(slice(s, s + chunk)), "empirical", slots))
               for s in [starts[j] for j in distributed.mine(len(starts))]}  # all of them in one process
     width = sum((r_out.shape[0] if r_out is not None else sl.out_dim) * (r_in.shape[0] if r_in is not None else
                 sl.in_dim) for sl, (r_out, r_in) in zip(slots, proj, strict=True))
