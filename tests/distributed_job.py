@@ -35,19 +35,20 @@ def job() -> dict:
                                                              recipe.weight_decay, chunk=16)
     from tdakit.attribution import products
 
-    original, made = (products.rows_per_chunk, products.loss_grads), []
+    factored = products.FactoredQueries
+    original, made = (factored.examples_per_chunk, factored.products), []
 
-    def counted(model, task, theta, part, chunk=256):  # how many per-example gradients this process made
+    def counted(self, task, theta, part, precision="float32"):  # how many examples this process made products of
         made.append(len(part))
-        return original[1](model, task, theta, part, chunk)
+        return original[1](self, task, theta, part, precision)
 
-    products.rows_per_chunk = lambda *a, **k: 16  # several chunks of training points for the processes
-    products.loss_grads = counted
+    factored.examples_per_chunk = lambda *a, **k: 16  # several chunks of training points for the processes
+    factored.products = counted
     try:
         scores = {m: tdakit.attribute(run, query, m, progress=False).values
                   for m in ("influence", "source", "tracin")}
     finally:
-        products.rows_per_chunk, products.loss_grads = original
+        factored.examples_per_chunk, factored.products = original
     rows = [sum(made)]
     if distributed.active():
         rows = [None] * distributed.world_size()

@@ -42,9 +42,9 @@ def test_shared_gradient_products_equal_separate_runs_and_are_made_once_per_para
     alone = {label: tdakit.attribute(run, query, m.method, progress=False, **m.settings).values
              for label, m in METHODS.items()}
     seen = []
-    original = products.loss_grads
-    monkeypatch.setattr(products, "loss_grads", lambda model, task, theta, data, chunk: (
-        seen.append(theta.clone()), original(model, task, theta, data, chunk))[1])
+    original = products.FactoredQueries.products  # the pass over the training points at one theta
+    monkeypatch.setattr(products.FactoredQueries, "products", lambda self, task, theta, data, precision: (
+        seen.append(theta.clone()), original(self, task, theta, data, precision))[1])
     together = tdakit.attribute_many(run, query, {k: (m.method, m.settings) for k, m in METHODS.items()},
                                      progress=False)
     for label, values in alone.items():
