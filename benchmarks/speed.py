@@ -1,6 +1,7 @@
 """Speed and memory figures for BENCHMARKS.md (medians over repeats, ratios from one run).
 
     python benchmarks/speed.py              # unrolling seconds, vmap vs loop models/s
+    python benchmarks/speed.py --parts unroll retrain   # only those
     python benchmarks/speed.py --demo       # also: wall time and peak memory of `tdakit demo`
     python benchmarks/speed.py --demo-only  # only that
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -21,7 +23,7 @@ import torch
 import tdakit
 from tdakit.evaluation import random_subsets, retrain
 from tdakit.presets import preset
-from tdakit.training import models_per_chunk, seed_of
+from tdakit.training import retraining_chunk, seed_of
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -55,6 +57,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--demo", action="store_true", help="also time the demo and measure its peak memory")
     p.add_argument("--demo-only", action="store_true", help="only the demo figures")
+    p.add_argument("--parts", nargs="+", choices=["unroll", "methods", "retrain"], default=["unroll", "methods",
+                                                                                             "retrain"])
     args = p.parse_args()
     if args.demo_only:
         return demo_figures()
@@ -63,21 +67,30 @@ def main() -> None:
     run, recipe = runs["concrete"], runs["concrete"].recipe
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    t = median_seconds(lambda: tdakit.attribute(run, data.query, "unrolled", progress=False), args.repeats)
-    print(f"exact unrolling, paper MLP ({run.model.num_params} params, {run.num_steps} steps), "
-          f"{len(data.query)} queries x {len(data.train)} points: {t:.1f} s (median of {args.repeats})")
-    for method, kw in (("influence", {}), ("source", {"segments": 3}), ("source", {"segments": 1}),
-                       ("fast_source", {"segments": 3})):
-        t = median_seconds(lambda m=method, k=kw: tdakit.attribute(run, data.query, m, progress=False, **k),
-                           args.repeats)
-        print(f"{method} {kw}: {t:.1f} s (median of {args.repeats})")
-
+    if "unroll" in args.parts:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        t = median_seconds(lambda: tdakit.attribute(run, data.query, "unrolled", progress=False), args.repeats)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        p, q, steps = run.model.num_params, len(data.query), run.num_steps
+        print(f"exact unrolling, paper MLP ({p} params, {steps} steps), {q} queries x {len(data.train)} points: "
+              f"{t:.1f} s (median of {args.repeats}); peak resident memory {before:.0f} -> {peak:.0f} MiB "
+              f"(trajectory {(steps + 1) * p * 4 / 2**20:.0f} MiB, one [Q, P] adjoint {q * p * 4 / 2**20:.1f} MiB)")
+    if "methods" in args.parts:
+        for method, kw in (("influence", {}), ("source", {"segments": 3}), ("source", {"segments": 1}),
+                           ("fast_source", {"segments": 3})):
+            t = median_seconds(lambda m=method, k=kw: tdakit.attribute(run, data.query, m, progress=False, **k),
+                               args.repeats)
+            print(f"{method} {kw}: {t:.1f} s (median of {args.repeats})")
+    if "retrain" not in args.parts:
+        return
     masks = random_subsets(len(data.train), 256, 0.5, seed=0)
     for name, model_run in (("paper MLP 3 x 128", runs["concrete"]), ("narrow MLP 2 x 32", runs["concrete_narrow"])):
         loop_rate, vmap_rate = retraining_rates(model_run, masks, args.repeats)
-        chunk = models_per_chunk(model_run.model.num_params, model_run.final.dtype)
+        chunk = retraining_chunk(model_run.model, model_run.task, model_run.train, recipe.batch_size,
+                                 model_run.final.dtype)
         print(f"{name}, retraining on half subsets ({recipe.epochs} epochs): plain loop {loop_rate:.2f} models/s, "
-              f"vmap (256 models, chunks of {chunk}) {vmap_rate:.2f} models/s, speed-up {vmap_rate / loop_rate:.1f}x")
+              f"vmap (256 models, at most {chunk} a chunk, made even) {vmap_rate:.2f} models/s, "
+              f"speed-up {vmap_rate / loop_rate:.1f}x")
 
     if args.demo or args.demo_only:
         demo_figures()

@@ -128,7 +128,8 @@ class FlatModel:
         self.num_state = sum(b.numel() for _, b in buffers)
         self.num_params = self.num_trainable + self.num_state
         self.state_slice = slice(self.num_trainable, self.num_params)
-        self.convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules())
+        self.param_shapes = self.shapes[:len(self.param_names)]
+        self.state_sizes = self.sizes[len(self.param_names):]
         starts = torch.tensor([0, *self.sizes]).cumsum(0).tolist()
         self.slices = {n: slice(a, b) for n, a, b in zip(self.names, starts, starts[1:], strict=False)}
 
@@ -148,6 +149,13 @@ class FlatModel:
         statistics held in theta, so each example's output depends on that example only)."""
         return functional_call(self.module, self.unflatten(theta), (x,))
 
+    def parameter_tensors(self, theta: Tensor) -> tuple[Tensor, ...]:
+        """theta [..., P] -> the trainable parameters as views [..., *shape], in ``param_names`` order
+        (the running statistics left out)."""
+        lead = theta.shape[:-1]
+        pieces = torch.split(theta, self.sizes[:len(self.param_names)] + [self.num_state] * bool(self.num_state), -1)
+        return tuple(piece.reshape(*lead, *shape) for piece, shape in zip(pieces, self.param_shapes, strict=False))
+
     def train_forward(self, theta: Tensor, x: Tensor, coefficients: Tensor) -> tuple[Tensor, Tensor | None]:
         """Training mode: (outputs [B, out], updated running statistics [num_state] or None without BatchNorm).
 
@@ -155,22 +163,30 @@ class FlatModel:
         batch's mean and variance weighted by them, so a point with weight 0 is absent from the batch
         exactly as if it had been removed. The running statistics follow PyTorch's update (momentum,
         unbiased variance) and are returned detached: derivatives treat them as recorded constants."""
+        if theta.shape[-1] != self.num_params:
+            self.unflatten(theta)  # raises the explanatory error
+        return self.train_call(self.parameter_tensors(theta), theta[..., self.state_slice], x, coefficients)
+
+    def train_call(self, params: Sequence[Tensor], state: Tensor, x: Tensor,
+                   coefficients: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``train_forward`` with the parameters given as separate tensors (``parameter_tensors``' order) and
+        the running statistics [num_state] apart: differentiating with respect to the pieces avoids
+        gathering a flat [P] gradient (exact unrolling uses this)."""
+        values = dict(zip(self.param_names, params, strict=True))
         if not self.num_state:
-            return self.forward(theta, x), None
-        params = {n: v for n, v in self.unflatten(theta).items() if n not in self.state_names}
+            return functional_call(self.module, values, (x,)), None
         self._sink.begin(coefficients)
         try:
-            outputs = functional_call(self.train_module, params, (x,))
+            outputs = functional_call(self.train_module, values, (x,))
         finally:
             seen = self._sink.end()
-        state = list(torch.split(theta[..., self.state_slice].detach(), [self.sizes[self.names.index(n)]
-                                                                          for n in self.state_names], -1))
+        stats = list(torch.split(state.detach(), self.state_sizes, -1))
         for j, name in enumerate(self.norms):
             momentum = self.norms[name].momentum
             for mean, var in seen.get(name, []):
-                state[2 * j] = (1 - momentum) * state[2 * j] + momentum * mean
-                state[2 * j + 1] = (1 - momentum) * state[2 * j + 1] + momentum * var
-        return outputs, torch.cat(state, -1)
+                stats[2 * j] = (1 - momentum) * stats[2 * j] + momentum * mean
+                stats[2 * j + 1] = (1 - momentum) * stats[2 * j + 1] + momentum * var
+        return outputs, torch.cat(stats, -1)
 
     __call__ = forward
 
@@ -243,18 +259,17 @@ class FlatModel:
             if name in exclude or name in self.norms:
                 excluded += list(full.values())
                 continue
-            if not strict and not factorable(module):
-                excluded += list(full.values())
-                continue
-            if not isinstance(module, SUPPORTED):
+            if not factorable(module):
+                if not strict:
+                    excluded += list(full.values())
+                    continue
+                if isinstance(module, nn.Conv2d):
+                    raise ValueError(f"layer {label!r}: K-FAC supports Conv2d with groups=1, numeric padding and "
+                                     "padding_mode='zeros'; exclude it or use an equivalent layer")
                 raise ValueError(
                     f"layer {label!r} ({type(module).__name__}) has parameters but no Kronecker-factored form; "
                     f"K-FAC/EK-FAC support nn.Linear and nn.Conv2d. Pass exclude=[{name!r}] to leave its "
                     "parameters out of the attribution (their score contributions become 0)")
-            if isinstance(module, nn.Conv2d) and (module.groups != 1 or isinstance(module.padding, str)
-                                                  or module.padding_mode != "zeros"):
-                raise ValueError(f"layer {label!r}: K-FAC supports Conv2d with groups=1, numeric padding and "
-                                 "padding_mode='zeros'; exclude it or use an equivalent layer")
             out_dim = module.weight.shape[0]
             in_dim = module.weight[0].numel() + (module.bias is not None)
             slots.append(LayerSlot(name, module, full["weight"], full.get("bias"), out_dim, in_dim))

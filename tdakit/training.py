@@ -313,7 +313,7 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
         raise ValueError(f"inits {tuple(inits.shape)}, batches {tuple(batches.shape)} and weights "
                          f"{tuple(weights.shape)} must agree on the number of models and points")
     lrs = learning_rates(recipe.schedule, recipe.lr, steps, recipe.warmup).tolist()
-    batch_gradients = vmap(make_batch_gradient(flat, task))
+    batch_gradients = vmap(make_batch_gradient(flat, task)) if m > 1 else _one_model(make_batch_gradient(flat, task))
     theta, buf = inits.clone(), torch.zeros_like(inits)
     wanted = [] if checkpoint_steps is None else [int(c) for c in checkpoint_steps]
     saved, losses = {}, torch.empty(m, steps, dtype=torch.float64)
@@ -341,6 +341,15 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
     return theta, ckpts, losses
 
 
+def _one_model(batch_gradient):
+    """The stacked batch gradient for M = 1 without vmap (same results, less per-step overhead)."""
+    def gradient(theta, xb, yb, cb):
+        g, (loss, state) = batch_gradient(theta[0], xb[0], yb[0], cb[0])
+        return g[None], (loss[None], state[None])
+
+    return gradient
+
+
 def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task, members: int = 4,
                    first_seed: int = 1, checkpoints: int | str | Sequence[int] = 6, dtype: torch.dtype = torch.float32,
                    progress: bool = True, placement: str = "middle") -> list[Run]:
@@ -362,7 +371,7 @@ def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, ta
                           for r in recipes])
     weights = torch.ones(n, dtype=dtype, device=device)
     runs = []
-    chunk = models_per_chunk(flat.num_params, dtype, device, convolutional=flat.convolutional)
+    chunk = retraining_chunk(flat, task, data, recipe.batch_size, dtype, device)
     for s in range(0, len(recipes), chunk):
         part = slice(s, s + chunk)
         final, ckpts, losses = train_many(flat, data, recipe, task, inits[part], orders[part], progress=progress,
@@ -374,15 +383,70 @@ def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, ta
 
 
 def models_per_chunk(num_params: int, dtype: torch.dtype, device: torch.device | str | None = None,
-                     budget_bytes: int | None = None, convolutional: bool = False) -> int:
-    """How many models to train together: on a CPU each stacked [M, P] tensor stays under ~24 MiB, where
-    allocators still reuse memory instead of mapping fresh pages on every step; on a GPU under 256 MiB
-    (the models' activations, which grow with M too, take the rest of the memory). Convolutional models
-    train one at a time on a CPU: vmap turns their convolutions into grouped ones, which were slower there
-    than a loop (4.9 s against 4.0 s a model for cifar10_cpu-like ResNet-9s, BENCHMARKS.md)."""
+                     budget_bytes: int | None = None) -> int:
+    """How many models to train together when stacking them pays (``stack_models``): on a CPU each stacked
+    [M, P] tensor stays under ~24 MiB, where allocators still reuse memory instead of mapping fresh pages on
+    every step; on a GPU under 256 MiB (the models' activations, which grow with M too, take the rest)."""
     on_gpu = torch.device(device or "cpu").type == "cuda"
-    if convolutional and not on_gpu:
-        return 1
     if budget_bytes is None:
         budget_bytes = 256 * 2**20 if on_gpu else 24 * 2**20
     return max(1, min(256, budget_bytes // (num_params * torch.finfo(dtype).bits // 8)))
+
+
+# Stacking models under vmap removes the per-step overhead of a loop (Python, dispatch, small kernels) but
+# makes every tensor M times larger, and turns convolutions into grouped ones. On a CPU it pays while one
+# model's step is small: benchmarks/retrain_paths.py (BENCHMARKS.md, issue 12) measured MLPs stacked 4-6x
+# faster below 15 MFLOP a step, 1.5x at 166 MFLOP (the paper's MNIST MLP), 0.9x at 612 MFLOP; a small
+# CNN (104 MFLOP, nearly all convolution) about even (1.07x) and a ResNet-9 of width 8 slower. A convolution
+# FLOP therefore counts CONV_WEIGHT matrix-product FLOPs.
+CPU_STACKING_MFLOP = 400.0
+CONV_WEIGHT = 4.0
+_step_flops_seen: dict[tuple, tuple[int, int]] = {}
+
+
+def step_flops(model: FlatModel, task: Task, x: Tensor, y: Tensor) -> tuple[int, int]:
+    """(matrix-product FLOPs, convolution FLOPs) of one model's training step on the batch (x [B, ...],
+    y [B]): the forward and backward of the weighted batch loss, counted by torch.utils.flop_counter on meta
+    tensors (no work is done; the counts are exact for those operations, elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    key = (model.describe(), tuple(x.shape), tuple(y.shape), x.dtype, y.dtype)
+    if key not in _step_flops_seen:
+        meta = torch.device("meta")
+        theta = torch.zeros(model.num_params, device=meta)
+        c = torch.ones(len(x), device=meta)
+        with FlopCounterMode(display=False) as counter:
+            make_batch_gradient(model, task)(theta, x.to(meta, torch.float32 if x.is_floating_point() else x.dtype),
+                                             y.to(meta), c)
+        counts = counter.get_flop_counts().get("Global", {})
+        conv = sum(int(n) for op, n in counts.items() if "conv" in str(op))
+        _step_flops_seen[key] = (int(counter.get_total_flops()) - conv, conv)
+    return _step_flops_seen[key]
+
+
+def stack_models(model: FlatModel, task: Task, x: Tensor, y: Tensor, device: torch.device | str | None = None) -> bool:
+    """Whether to train several models together under vmap (True) or one at a time (False), for training
+    batches like (x [B, ...], y [B]). On a GPU: always (kernels there are launch-bound at these sizes; not
+    yet measured). On a CPU: while one model's step costs under ``CPU_STACKING_MFLOP`` million matrix-product
+    FLOPs, a convolution FLOP counting ``CONV_WEIGHT`` (``step_flops``). The choice is a pure function of the
+    model, batch shape and device, so reruns take the same path; pass ``chunk=`` to retraining to override."""
+    if torch.device(device or "cpu").type == "cuda":
+        return True
+    matmul, conv = step_flops(model, task, x, y)
+    return matmul + CONV_WEIGHT * conv < CPU_STACKING_MFLOP * 1e6
+
+
+def even_chunks(count: int, chunk: int) -> int:
+    """The chunk size that splits ``count`` jobs into as many chunks as ``chunk`` would, but evenly (256 jobs
+    at most 183 a chunk: two chunks of 128, not 183 + 73, so no chunk runs nearly empty)."""
+    pieces = max(1, -(-count // max(chunk, 1)))
+    return -(-count // pieces)
+
+
+def retraining_chunk(model: FlatModel, task: Task, data: Split, batch_size: int, dtype: torch.dtype,
+                     device: torch.device | str | None = None) -> int:
+    """Models per ``train_many`` call: ``models_per_chunk`` if ``stack_models`` says stacking pays, else 1."""
+    n = min(batch_size, len(data))
+    if not stack_models(model, task, data.x[:n], data.y[:n], device):
+        return 1
+    return models_per_chunk(model.num_params, dtype, device)

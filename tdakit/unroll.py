@@ -4,20 +4,23 @@ The forward pass replays the run (same init, batch order and rates, in the reque
 theta_k and the momentum buffer at every step. The reverse pass carries the adjoints of (theta, buf)
 back one step at a time; a single torch.func.vjp of the step's gradient g_k(theta, c) gives both the
 Hessian-vector product (to go back one step) and, since g_k is linear in the batch coefficients
-c_j = w_j/|B_k|, every batch point's contribution to the score. vmap batches the queries.
-Memory: T x P values per stored tensor, so this is for small models and short runs.
+c_j = w_j/|B_k|, every batch point's contribution to the score. vmap batches the queries. The adjoints
+are kept per parameter tensor ([Q, *shape]) and updated in place, so a step moves each [Q, P] adjoint
+through memory a handful of times and never gathers a flat [Q, P] gradient.
+Memory: the trajectory (T + 1) x P values plus about five [Q, P] adjoint-sized tensors per query chunk,
+so this is for small models and short runs.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.func import vjp, vmap
+from torch.func import grad, vjp, vmap
 from tqdm.auto import tqdm
 
 from .datasets import Split
 from .grads import measurement_grads
-from .training import Run, batch_coefficients, make_batch_gradient, make_update
+from .training import Run, batch_coefficients, make_update
 
 
 def replay(run: Run, dtype: torch.dtype | None = None, weights: Tensor | None = None) -> Tensor:
@@ -60,29 +63,43 @@ def unrolled_adjoint(run: Run, v_final: Tensor, dtype: torch.dtype | None = None
     thetas = replay(run, dtype) if thetas is None else thetas
     v_final = v_final.to(dtype)
 
-    batch_gradient = make_batch_gradient(model, task)  # (gradient, (loss, state)): rides along as aux
+    def batch_loss(params, cb, xb, yb, state):
+        outputs, _ = model.train_call(params, state, xb, cb)
+        return (cb * task.loss(outputs, yb)).sum()
+
+    # The gradient of the batch loss with respect to each parameter tensor, not the flat theta: the
+    # adjoints stay in pieces [Q, *shape], so no step gathers a [Q, P] gradient.
+    piece_gradient = grad(batch_loss)
+    momentum, weight_decay = recipe.momentum, recipe.weight_decay
 
     scores = torch.zeros(len(v_final), len(data), dtype=dtype, device=v_final.device)
     initial = torch.zeros_like(v_final)
     for start in range(0, len(v_final), chunk):
-        lam_theta = v_final[start:start + chunk]
-        lam_buf = torch.zeros_like(lam_theta)
+        lam_theta = [t.contiguous() for t in model.parameter_tensors(v_final[start:start + chunk])]
+        lam_buf = [torch.zeros_like(t) for t in lam_theta]
         rows = scores[start:start + chunk]
         for k in tqdm(reversed(range(run.num_steps)), total=run.num_steps, desc="unroll",
                       disable=not progress, leave=False):
             idx = run.batches[k].to(scores.device)
             valid = (idx >= 0).to(dtype)
             cb = batch_coefficients(idx, w)
-            # theta' = theta - eta buf',  buf' = beta buf + g(theta, c) + wd theta
-            lam_bufnew = lam_buf - run.lrs[k].to(dtype) * lam_theta
+            lr = float(run.lrs[k])
+            # theta' = theta - eta buf',  buf' = beta buf + g(theta, c) + wd theta  (read backwards)
+            lam_bufnew = [torch.add(b, t, alpha=-lr) for b, t in zip(lam_buf, lam_theta, strict=True)]
             xb, yb = data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)]
-            _, pullback, _ = vjp(lambda th, c, xb=xb, yb=yb: batch_gradient(th, xb, yb, c), thetas[k], cb,
-                                 has_aux=True)
-            hvp, dc = vmap(pullback)(lam_bufnew)
-            lam_theta = lam_theta + hvp + recipe.weight_decay * lam_bufnew
-            lam_buf = recipe.momentum * lam_bufnew
+            state = thetas[k][model.state_slice]
+            _, pullback = vjp(lambda p, c, xb=xb, yb=yb, state=state: piece_gradient(p, c, xb, yb, state),
+                              model.parameter_tensors(thetas[k]), cb)
+            hvp, dc = vmap(pullback)(tuple(lam_bufnew))
+            for t, h, b in zip(lam_theta, hvp, lam_bufnew, strict=True):
+                t.add_(h)
+                if weight_decay:
+                    t.add_(b, alpha=weight_decay)
+                b.mul_(momentum)
+            lam_buf = lam_bufnew
             # dc_j/dw_i = valid_j / |B_k| for the point i sitting in slot j
             contrib = dc * (valid / valid.sum())
             rows.index_add_(1, idx.clamp(min=0), contrib * valid)
-        initial[start:start + chunk] = lam_theta
+        # running statistics carry no adjoint: they enter every step detached
+        initial[start:start + chunk, :model.num_trainable] = torch.cat([t.flatten(1) for t in lam_theta], 1)
     return scores, initial

@@ -55,6 +55,27 @@ def test_shared_gradient_products_equal_separate_runs_and_are_made_once_per_para
     assert len({tuple(t.tolist()) for t in seen}) == 10
 
 
+def test_identical_curvature_fits_are_made_once_and_change_nothing(setting, monkeypatch):
+    """Where fits coincide they are made once by attribute_many: influence at two dampings (one curvature at
+    the final parameters), SOURCE and Fast-SOURCE with one checkpoint per segment (Fast-SOURCE's segment
+    mean is then the checkpoint itself): 1 + 6 fits instead of 14, with the scores of separate runs."""
+    run, query, _ = setting
+    configs = {"influence": ("influence", {"curvature": "ggn"}),
+               "influence, damping 0.1": ("influence", {"curvature": "ggn", "damping": 0.1}),
+               "SOURCE": ("source", {"segments": 6, "curvature": "ggn"}),
+               "Fast-SOURCE": ("fast_source", {"segments": 6, "curvature": "ggn"})}
+    alone = {label: tdakit.attribute(run, query, m, progress=False, **kw).values for label, (m, kw) in configs.items()}
+    fits = []
+    original = tdakit.curvature.BACKENDS["ggn"]
+    monkeypatch.setitem(tdakit.curvature.BACKENDS, "ggn", lambda *a, **k: (fits.append(a[2]), original(*a, **k))[1])
+    together = tdakit.attribute_many(run, query, configs, progress=False)
+    for label, values in alone.items():
+        assert torch.allclose(together[label].values, values, rtol=1e-10, atol=1e-14), label
+    assert len(fits) == 7
+    tdakit.attribute(run, query, "fast_source", segments=6, curvature="ggn", progress=False)
+    assert len(fits) == 13  # outside attribute_many nothing is kept
+
+
 def test_table_judges_every_method_against_one_ground_truth(setting, tmp_path):
     run, query, truth = setting
     table = run_experiment(run, query, METHODS, truth, reference="unrolled", baseline="influence",

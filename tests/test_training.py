@@ -3,7 +3,16 @@ import torch
 
 import tdakit
 from tdakit.schedules import SCHEDULES, learning_rates
-from tdakit.training import batch_order, seed_of, train_many
+from tdakit.training import (
+    CONV_WEIGHT,
+    CPU_STACKING_MFLOP,
+    batch_order,
+    retraining_chunk,
+    seed_of,
+    stack_models,
+    step_flops,
+    train_many,
+)
 
 from .conftest import smooth_mlp
 
@@ -90,3 +99,60 @@ def test_run_cache_reuses_the_stored_run(small_regression, tmp_path, monkeypatch
     monkeypatch.setattr(tdakit.training, "_trajectory", boom)
     second = tdakit.train(smooth_mlp(), train, RECIPE, tdakit.Regression(), progress=False, cache=tmp_path)
     assert torch.equal(first.final, second.final)
+
+
+def test_step_flops_count_the_matrix_products_of_a_training_step():
+    """Closed form for an MLP on a batch of B: every layer's forward and weight-gradient products cost
+    2 B in out each, and every layer but the first also passes its input gradient back (2 B in out)."""
+    widths = [20, 64, 32, 3]
+    model = tdakit.FlatModel(tdakit.mlp(widths[0], widths[1:-1], widths[-1]))
+    b = 16
+    layers = list(zip(widths, widths[1:], strict=False))
+    expected = sum(4 * b * i * o for i, o in layers) + sum(2 * b * i * o for i, o in layers[1:])
+    x, y = torch.randn(b, widths[0]), torch.randint(0, 3, (b,))
+    assert step_flops(model, tdakit.Classification(), x, y) == (expected, 0)
+
+
+def test_models_are_stacked_only_while_a_step_is_small():
+    """Stacking under vmap pays while one model's step is cheap next to a loop's per-step overhead: a small
+    MLP is stacked, a wide one trains one at a time on a CPU, and a GPU always stacks."""
+    task = tdakit.Classification()
+    small = tdakit.FlatModel(tdakit.mlp(8, (16,), 3))
+    wide = tdakit.FlatModel(tdakit.mlp(784, (2048, 2048), 10))
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    wide_x = torch.randn(64, 784)
+    assert step_flops(small, task, x, y)[0] < CPU_STACKING_MFLOP * 1e6 < step_flops(wide, task, wide_x, y)[0]
+    assert stack_models(small, task, x, y)
+    assert not stack_models(wide, task, wide_x, y)
+    assert stack_models(wide, task, wide_x, y, device="cuda")
+    data = tdakit.datasets.Split(wide_x, y)
+    assert retraining_chunk(wide, task, data, 64, torch.float32) == 1
+    assert retraining_chunk(small, task, tdakit.datasets.Split(x, y), 64, torch.float32) > 1
+
+
+def test_convolution_flops_are_counted_apart_and_weigh_more():
+    """A convolution's step FLOPs (closed form: forward 2 B C_out H W C_in k^2, weight gradient the same)
+    are reported apart; a CNN whose weighted cost crosses the line trains one model at a time."""
+    b, c_in, c_out, h, k = 8, 3, 16, 12, 3
+    model = tdakit.FlatModel(torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, k, padding=1), torch.nn.Flatten(),
+                                                 torch.nn.Linear(c_out * h * h, 2)))
+    x, y = torch.randn(b, c_in, h, h), torch.randint(0, 2, (b,))
+    matmul, conv = step_flops(model, tdakit.Classification(), x, y)
+    assert conv == 2 * (2 * b * c_out * h * h * c_in * k * k)
+    assert matmul == 3 * (2 * b * c_out * h * h * 2)
+    big = torch.randn(600, c_in, h, h)
+    heavy = step_flops(model, tdakit.Classification(), big, torch.zeros(600, dtype=torch.long))
+    assert heavy[0] + CONV_WEIGHT * heavy[1] > CPU_STACKING_MFLOP * 1e6 > heavy[0] + heavy[1]
+    assert not stack_models(model, tdakit.Classification(), big, torch.zeros(600, dtype=torch.long))
+
+
+def test_one_model_alone_takes_the_same_steps_as_models_stacked(small_regression):
+    """train_many with M = 1 skips vmap; it must train exactly as the stacked path does."""
+    train, _ = small_regression
+    model = tdakit.FlatModel(smooth_mlp())
+    inits = model.init_many([0, 1], torch.float64)
+    orders = torch.stack([batch_order(torch.arange(64), 10, 3, seed_of("order", s)) for s in (0, 1)])
+    together = train_many(model, train, RECIPE, tdakit.Regression(), inits, orders, progress=False)
+    for j in range(2):
+        alone = train_many(model, train, RECIPE, tdakit.Regression(), inits[j:j + 1], orders[j:j + 1], progress=False)
+        assert torch.allclose(together[j], alone[0], rtol=1e-10, atol=1e-12)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from .. import curvature as curv
 from ..datasets import Split
 from ..hardware import check_precision
 from ..stages import StagedRun
@@ -151,10 +152,11 @@ def attribute_many(run: Run, query: Split, configs: Mapping[str, tuple[str, dict
         precisions[label] = check_precision(settings.pop("precision", precision))
         prepared[label] = _prepare(run, query, method, settings, progress)
     outs, seconds = {}, {}
-    for label, (spec, full) in prepared.items():
-        start = time.perf_counter()
-        outs[label] = spec.compute(run, query, **full)
-        seconds[label] = time.perf_counter() - start
+    with curv.shared_fits():  # identical curvature fits (e.g. SOURCE and Fast-SOURCE's segments) made once
+        for label, (spec, full) in prepared.items():
+            start = time.perf_counter()
+            outs[label] = spec.compute(run, query, **full)
+            seconds[label] = time.perf_counter() - start
     planned = [label for label, out in outs.items() if isinstance(out, Plan)]
     rows = {label: sum(len(t.u) for t in outs[label].terms) for label in planned}
     values, extra = {}, {}

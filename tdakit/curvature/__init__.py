@@ -26,6 +26,7 @@ from .base import (
     fit,
     mean_loss_eigenvalue,
     register,
+    shared_fits,
 )
 from .dense import ggn_curvature, hessian, hessian_curvature
 from .kronecker import KroneckerCurvature, kronecker_curvature
@@ -64,5 +65,5 @@ def names() -> Sequence[str]:
 
 
 __all__ = ["Curvature", "CurvatureSpec", "EigenCurvature", "SampleSpaceCurvature", "KroneckerCurvature", "Kronecker",
-           "EigenFunction", "BACKENDS", "register", "fit", "names", "functions", "mean_loss_eigenvalue",
+           "EigenFunction", "BACKENDS", "register", "fit", "shared_fits", "names", "functions", "mean_loss_eigenvalue",
            "ggn_curvature", "hessian", "hessian_curvature", "kronecker_curvature"]

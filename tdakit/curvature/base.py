@@ -7,7 +7,9 @@ how to add one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -78,12 +80,51 @@ def register(name: str) -> Callable[[Fit], Fit]:
     return add
 
 
+_shared: dict[tuple, Curvature] | None = None
+
+
+@contextmanager
+def shared_fits() -> Iterator[None]:
+    """Inside this block a curvature fitted twice on the same inputs (kind, model, task, thetas, data,
+    weights, weight decay) is fitted once: ``attribute_many`` uses it so that SOURCE and Fast-SOURCE with the
+    same segments, or two influence settings on one curvature, share their fits. Fits are kept only until
+    the outermost block ends."""
+    global _shared
+    outer = _shared
+    if outer is None:
+        _shared = {}
+    try:
+        yield
+    finally:
+        _shared = outer
+
+
+def _digest(*tensors: Tensor | None) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is not None:
+            h.update(str((t.dtype, tuple(t.shape), str(t.device))).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def fit(kind, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
         weights: Tensor | None = None, progress: bool = False) -> Curvature:
     """Curvature of the mean weighted training loss (1/N) sum_i w_i L(z_i) + weight decay, averaged over
     thetas [C, P]. kind: a registered name (``BACKENDS``: "ggn", "hessian", "hessian_clipped", "ekfac",
-    "kfac", ...) or an options object with the same ``fit`` method (``Kronecker(...)``)."""
+    "kfac", ...) or an options object with the same ``fit`` method (``Kronecker(...)``). Inside
+    ``shared_fits()`` an identical earlier fit is returned instead of refitting."""
     weights = check_weights(weights, len(data))
+    if _shared is None:
+        return _fit(kind, model, task, thetas, data, weight_decay, weights, progress)
+    key = (repr(kind), model.describe(), repr(task), weight_decay, _digest(thetas, data.x, data.y, weights))
+    if key not in _shared:
+        _shared[key] = _fit(kind, model, task, thetas, data, weight_decay, weights, progress)
+    return _shared[key]
+
+
+def _fit(kind, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
+         weights: Tensor | None, progress: bool) -> Curvature:
     if isinstance(kind, str):
         if kind not in BACKENDS:
             raise ValueError(f"unknown curvature {kind!r}; choose one of {', '.join(BACKENDS)} or pass "

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .. import distributed, store
 from ..datasets import Split
 from ..grads import measurements
-from ..training import Run, models_per_chunk, seed_of
+from ..training import Run, even_chunks, retraining_chunk, seed_of
 from .retrain import retrain
 
 
@@ -77,8 +77,8 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
         return measurements(run.model, run.task, theta, query.to(device=theta.device))
 
     key = store.key_of("groundtruth", run_key(run), query.fingerprint(), subsets, fraction, seed)
-    chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype, run.final.device,
-                                      convolutional=run.model.convolutional)
+    chunk = chunk or retraining_chunk(run.model, run.task, run.train, run.recipe.batch_size, run.final.dtype,
+                                      run.final.device)
     return collect(masks, seeds, seed, retrain_jobs, measure, key, chunk, cache, progress, "ground truth (models)")
 
 
@@ -107,6 +107,7 @@ def collect(masks: Tensor, seeds: int, seed: int, retrain_jobs: Callable[..., Te
             raise ValueError(f"{len(jobs)} retrainings cannot be shared by {distributed.world_size()} processes; "
                              "ask for more subsets or seeds, or use fewer processes")
         chunk = min(chunk, -(-len(jobs) // distributed.world_size()))
+    chunk = even_chunks(len(jobs), chunk)
     starts = range(0, len(jobs), chunk)
     ours = set(distributed.mine(len(starts)))  # under torch.distributed each process retrains its chunks
     values = None

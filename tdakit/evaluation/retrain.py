@@ -13,14 +13,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..training import Run, batch_order, models_per_chunk, train_many
+from ..training import Run, batch_order, even_chunks, retraining_chunk, train_many
 
 
 def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None = None, progress: bool = True,
             desc: str = "retrain", on_step: Callable[[float], object] | None = None) -> Tensor:
     """keep: bool [J, N]; init_seeds, order_seeds: J ints. Returns final parameters [J, P].
 
-    chunk: models trained together (default: models_per_chunk). on_step: see ``train_many``."""
+    chunk: models trained together (default: ``retraining_chunk``, which says whether stacking pays).
+    on_step: see ``train_many``."""
     keep = torch.as_tensor(keep, dtype=torch.bool)
     if keep.dim() != 2 or keep.shape[1] != run.num_train:
         raise ValueError(f"keep must be a bool mask [J, {run.num_train}], got {tuple(keep.shape)}")
@@ -30,12 +31,12 @@ def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None =
     device = run.final.device
     out = torch.empty(len(keep), run.model.num_params, dtype=run.final.dtype, device=device)
     r = run.recipe
-    chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype, run.final.device,
-                                      convolutional=run.model.convolutional)
+    chunk = chunk or retraining_chunk(run.model, run.task, run.train, r.batch_size, run.final.dtype, device)
     for count in counts.unique().tolist():
         rows = (counts == count).nonzero()[:, 0]
-        for s in range(0, len(rows), chunk):
-            part = rows[s:s + chunk].tolist()
+        size = even_chunks(len(rows), chunk)
+        for s in range(0, len(rows), size):
+            part = rows[s:s + size].tolist()
             inits = torch.stack([run.model.init(int(init_seeds[j]), run.final.dtype) for j in part]).to(device)
             orders = torch.stack([batch_order(keep[j].nonzero()[:, 0], r.batch_size, r.epochs,
                                               int(order_seeds[j])) for j in part])
@@ -49,9 +50,10 @@ def retrain_reweighted(run: Run, weights: Tensor, chunk: int | None = None, prog
     """Rerun the recorded trajectory (same init, batch order, rates) with weights [J, N]: [J, P].
     on_step: see ``train_many``."""
     weights = torch.as_tensor(weights, dtype=run.final.dtype, device=run.final.device)
-    chunk = chunk or models_per_chunk(run.model.num_params, run.final.dtype, run.final.device,
-                                      convolutional=run.model.convolutional)
+    chunk = chunk or retraining_chunk(run.model, run.task, run.train, run.recipe.batch_size, run.final.dtype,
+                                      run.final.device)
     out = []
+    chunk = even_chunks(len(weights), chunk)
     for s in range(0, len(weights), chunk):
         w = weights[s:s + chunk]
         inits = run.init.expand(len(w), -1)

@@ -11,7 +11,7 @@ from .. import store
 from ..datasets import Split
 from ..grads import measurements
 from ..stages import StagedRun
-from ..training import batch_order, models_per_chunk, seed_of, train_many
+from ..training import batch_order, even_chunks, retraining_chunk, seed_of, train_many
 from .ground_truth import GroundTruth, check_counts, collect, random_subsets, run_key
 
 
@@ -37,11 +37,13 @@ def retrain_stages(staged: StagedRun, stage: int, keep: Tensor, init_seeds: Sequ
     device = staged.final.device
     out = torch.empty(len(keep), model.num_params, dtype=dtype, device=device)
     counts = keep.sum(1)
-    chunk = models_per_chunk(model.num_params, dtype, device, convolutional=model.convolutional)
+    chunk = retraining_chunk(model, staged.task, staged.runs[stage].train, staged.runs[stage].recipe.batch_size,
+                             dtype, device)
     for count in counts.unique().tolist():
         rows = (counts == count).nonzero()[:, 0].tolist()
-        for a in range(0, len(rows), chunk):
-            part = rows[a:a + chunk]
+        size = even_chunks(len(rows), chunk)
+        for a in range(0, len(rows), size):
+            part = rows[a:a + size]
             theta = torch.stack([model.init(int(init_seeds[j]), dtype) for j in part]).to(device)
             for s, run in enumerate(staged.runs):
                 r = run.recipe
@@ -68,8 +70,8 @@ def groundtruth_stages(staged: StagedRun, query: Split, stage: int | str, subset
     def retrain_jobs(keep: Tensor, init_seeds: list[int], order_seeds: list[int], on_step) -> Tensor:
         return retrain_stages(staged, s, keep, init_seeds, order_seeds, on_step=on_step)
 
-    chunk = chunk or models_per_chunk(staged.model.num_params, staged.final.dtype, staged.final.device,
-                                      convolutional=staged.model.convolutional)
+    chunk = chunk or retraining_chunk(staged.model, staged.task, staged.runs[s].train,
+                                      staged.runs[s].recipe.batch_size, staged.final.dtype, staged.final.device)
     key = store.key_of("groundtruth-stages", [run_key(r) for r in staged.runs], s, query.fingerprint(), subsets,
                        fraction, seed)
     return collect(masks, seeds, seed, retrain_jobs,
