@@ -85,18 +85,18 @@ def unrolled_adjoint(run: Run, v_final: Tensor, dtype: torch.dtype | None = None
             cb = batch_coefficients(idx, w)
             lr = float(run.lrs[k])
             # theta' = theta - eta buf',  buf' = beta buf + g(theta, c) + wd theta  (read backwards)
-            lam_bufnew = [torch.add(b, t, alpha=-lr) for b, t in zip(lam_buf, lam_theta, strict=True)]
+            for b, t in zip(lam_buf, lam_theta, strict=True):  # in place: no fresh [Q, P]-sized tensors
+                b.add_(t, alpha=-lr)  # lam_buf now holds the adjoint of buf'
             xb, yb = data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)]
             state = thetas[k][model.state_slice]
             _, pullback = vjp(lambda p, c, xb=xb, yb=yb, state=state: piece_gradient(p, c, xb, yb, state),
                               model.parameter_tensors(thetas[k]), cb)
-            hvp, dc = vmap(pullback)(tuple(lam_bufnew))
-            for t, h, b in zip(lam_theta, hvp, lam_bufnew, strict=True):
+            hvp, dc = vmap(pullback)(tuple(lam_buf))
+            for t, h, b in zip(lam_theta, hvp, lam_buf, strict=True):
                 t.add_(h)
                 if weight_decay:
                     t.add_(b, alpha=weight_decay)
                 b.mul_(momentum)
-            lam_buf = lam_bufnew
             # dc_j/dw_i = valid_j / |B_k| for the point i sitting in slot j
             contrib = dc * (valid / valid.sum())
             rows.index_add_(1, idx.clamp(min=0), contrib * valid)

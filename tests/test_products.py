@@ -99,3 +99,18 @@ def test_trak_features_from_layer_factors_equal_projected_flat_gradients():
     flat = project(slots, proj, loss_grads(model, task, theta, data))
     factored = project_factors(slots, proj, *layer_gradient_factors(model, task, theta, data, "empirical", slots))
     assert flat.shape == factored.shape and torch.allclose(flat, factored, rtol=1e-10, atol=1e-13)
+
+
+def test_attribute_takes_the_gradients_setting_and_refuses_unknown_ones():
+    """gradients= reaches the score products through attribute and attribute_many: "vmap" and "hooks" give
+    the same scores (float64), and a misspelt value is named."""
+    train, query = classification_data(30, seed=1), classification_data(4, seed=2)
+    run = tdakit.train(tdakit.mlp(5, (8,), 3, "tanh"), train, tdakit.Recipe(lr=0.1, epochs=2, batch_size=10),
+                       tdakit.Classification(), dtype=torch.float64, progress=False, cache=False)
+    hooks = tdakit.attribute(run, query, "tracin", progress=False, gradients="hooks").values
+    flat = tdakit.attribute(run, query, "tracin", progress=False, gradients="vmap").values
+    assert torch.allclose(hooks, flat, rtol=1e-10, atol=1e-14)
+    many = tdakit.attribute_many(run, query, {"TracIn": ("tracin", {})}, progress=False, gradients="vmap")
+    assert torch.allclose(many["TracIn"].values, flat, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="gradients must be one of"):
+        tdakit.attribute(run, query, "tracin", progress=False, gradients="autograd")

@@ -18,7 +18,7 @@ from ..training import Run
 from ..unroll import unrolled_scores
 from . import staged as _staged
 from .influence import influence_plan
-from .products import Plan, evaluate
+from .products import GRADIENTS, Plan, evaluate
 from .scores import Scores, ensure_finite
 from .similarity import grad_cos_scores, grad_dot_plan, representation_scores
 from .source import source_plan
@@ -98,7 +98,14 @@ def check_method(run: Run | StagedRun, query: Split, method: str, settings: dict
     needs checkpoints on a run without them, queries that do not fit the run); return None when it can run."""
     settings = dict(settings or {})
     check_precision(settings.pop("precision", "float32"))
+    check_gradients(settings.pop("gradients", "auto"))
     _prepare(run, query, method, settings, False)
+
+
+def check_gradients(gradients: str) -> str:
+    if gradients not in GRADIENTS:
+        raise ValueError(f"gradients must be one of {GRADIENTS}, got {gradients!r}")
+    return gradients
 
 
 def check_query(run: Run, query: Split) -> None:
@@ -121,31 +128,37 @@ def attribute(run: Run | StagedRun, query: Split, method: str = "source", progre
     settings go to the method (e.g. damping=, curvature=, segments=). progress: show bars for long
     loops (default on). precision="bf16" makes the score products u . grad L(z_i) (influence, SOURCE,
     Fast-SOURCE, TracIn, grad_dot) in bfloat16 with float32 accumulation (see ``hardware.products``); other
-    methods ignore it. For a ``StagedRun`` (a pipeline): a list of Scores, one per stage."""
+    methods ignore it. gradients= "auto" | "hooks" | "vmap" says how those products get the training
+    points' gradients (``products.evaluate``; the default is right, the others are for comparisons). For a
+    ``StagedRun`` (a pipeline): a list of Scores, one per stage."""
     precision = check_precision(settings.pop("precision", "float32"))
+    gradients = check_gradients(settings.pop("gradients", "auto"))
     spec, full = _prepare(run, query, method, settings, progress)
     start = time.perf_counter()
     if isinstance(run, StagedRun):
         parts = spec.staged(run, query, **full)
         plans = [p for p in parts if isinstance(p, Plan)]
-        values = iter(evaluate(plans, progress=progress, precision=precision))
+        values = iter(evaluate(plans, progress=progress, precision=precision, gradients=gradients))
         seconds = time.perf_counter() - start
         return [Scores(ensure_finite((next(values) if isinstance(p, Plan) else p).to(run.final.dtype), method),
                        method, seconds, settings, stage=s) for s, p in enumerate(parts)]
     out = spec.compute(run, query, **full)
-    values = evaluate([out], progress=progress, precision=precision)[0] if isinstance(out, Plan) else out
+    values = (evaluate([out], progress=progress, precision=precision, gradients=gradients)[0]
+              if isinstance(out, Plan) else out)
     if precision != "float32":
         settings = {**settings, "precision": precision}
     return Scores(ensure_finite(values.to(run.final.dtype), method), method, time.perf_counter() - start, settings)
 
 
 def attribute_many(run: Run, query: Split, configs: Mapping[str, tuple[str, dict]],
-                   progress: bool = True, precision: str = "float32") -> dict[str, Scores]:
+                   progress: bool = True, precision: str = "float32", gradients: str = "auto") -> dict[str, Scores]:
     """Several method configurations {label: (method, settings)} on one run, sharing per-example gradients:
     every (checkpoint, training point) gradient is made once and multiplied by the query-side vectors of
     every method that needs it. Seconds: each method's own work plus its share of the shared products
     (split by the number of query rows it multiplies). precision: as in ``attribute``, for every
-    configuration that does not set its own (``settings["precision"]``); each precision shares its own pass."""
+    configuration that does not set its own (``settings["precision"]``); each precision shares its own pass.
+    gradients: as in ``attribute``, for every configuration."""
+    check_gradients(gradients)
     precisions, prepared = {}, {}
     for label, (method, settings) in configs.items():
         settings = dict(settings)
@@ -163,8 +176,8 @@ def attribute_many(run: Run, query: Split, configs: Mapping[str, tuple[str, dict
     for kind in dict.fromkeys(precisions[label] for label in planned):  # one shared pass per precision
         group = [label for label in planned if precisions[label] == kind]
         start = time.perf_counter()
-        values.update(zip(group, evaluate([outs[label] for label in group], progress=progress, precision=kind),
-                          strict=True))
+        values.update(zip(group, evaluate([outs[label] for label in group], progress=progress, precision=kind,
+                                          gradients=gradients), strict=True))
         shared = time.perf_counter() - start
         total = max(sum(rows[label] for label in group), 1)
         extra.update({label: shared * rows[label] / total for label in group})
