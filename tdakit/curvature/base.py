@@ -81,6 +81,9 @@ def register(name: str) -> Callable[[Fit], Fit]:
 
 
 _shared: dict[tuple, Curvature] | None = None
+# tensor identity -> (the tensor, its content hash), only while a shared_fits block runs; holding the tensor
+# keeps its id and storage from being reused by another tensor during the block
+_digests: dict[tuple, tuple[Tensor, str]] = {}
 
 
 @contextmanager
@@ -97,15 +100,24 @@ def shared_fits() -> Iterator[None]:
         yield
     finally:
         _shared = outer
+        if outer is None:
+            _digests.clear()
 
 
 def _digest(*tensors: Tensor | None) -> str:
-    h = hashlib.sha256()
+    """A content hash of the tensors; each tensor is hashed once per block (the training data, say, is
+    asked about at every fit), recognised by identity, storage and version counter."""
+    parts = []
     for t in tensors:
-        if t is not None:
-            h.update(str((t.dtype, tuple(t.shape), str(t.device))).encode())
+        if t is None:
+            continue
+        identity = (id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device))
+        if identity not in _digests:
+            h = hashlib.sha256(str(identity[3:]).encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+            _digests[identity] = (t, h.hexdigest())
+        parts.append(_digests[identity][1])
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 def fit(kind, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
