@@ -135,9 +135,7 @@ class FlatModel:
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """theta: [P] -> {name: parameter or running-statistic view} (the statistics detached)."""
-        if theta.shape[-1] != self.num_params:
-            raise ValueError(f"theta has {theta.shape[-1]} entries but the model has {self.num_params} "
-                             "parameters; was it trained with another model?")
+        self._check_size(theta)
         chunks = torch.split(theta, self.sizes, dim=-1)
         out = {n: c.reshape(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
         for n in self.state_names:
@@ -149,12 +147,18 @@ class FlatModel:
         statistics held in theta, so each example's output depends on that example only)."""
         return functional_call(self.module, self.unflatten(theta), (x,))
 
+    def _check_size(self, theta: Tensor) -> None:
+        if theta.shape[-1] != self.num_params:
+            raise ValueError(f"theta has {theta.shape[-1]} entries but the model has {self.num_params} "
+                             "parameters; was it trained with another model?")
+
     def parameter_tensors(self, theta: Tensor) -> tuple[Tensor, ...]:
         """theta [..., P] -> the trainable parameters as views [..., *shape], in ``param_names`` order
         (the running statistics left out)."""
-        lead = theta.shape[:-1]
-        pieces = torch.split(theta, self.sizes[:len(self.param_names)] + [self.num_state] * bool(self.num_state), -1)
-        return tuple(piece.reshape(*lead, *shape) for piece, shape in zip(pieces, self.param_shapes, strict=False))
+        self._check_size(theta)
+        pieces = torch.split(theta, self.sizes[:len(self.param_names)] + [self.num_state], -1)
+        return tuple(piece.reshape(*theta.shape[:-1], *shape)
+                     for piece, shape in zip(pieces, self.param_shapes, strict=False))
 
     def train_forward(self, theta: Tensor, x: Tensor, coefficients: Tensor) -> tuple[Tensor, Tensor | None]:
         """Training mode: (outputs [B, out], updated running statistics [num_state] or None without BatchNorm).
@@ -163,8 +167,6 @@ class FlatModel:
         batch's mean and variance weighted by them, so a point with weight 0 is absent from the batch
         exactly as if it had been removed. The running statistics follow PyTorch's update (momentum,
         unbiased variance) and are returned detached: derivatives treat them as recorded constants."""
-        if theta.shape[-1] != self.num_params:
-            self.unflatten(theta)  # raises the explanatory error
         return self.train_call(self.parameter_tensors(theta), theta[..., self.state_slice], x, coefficients)
 
     def train_call(self, params: Sequence[Tensor], state: Tensor, x: Tensor,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 from torch.func import grad, vmap
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from . import store
@@ -408,8 +409,6 @@ def step_flops(model: FlatModel, task: Task, x: Tensor, y: Tensor) -> tuple[int,
     """(matrix-product FLOPs, convolution FLOPs) of one model's training step on the batch (x [B, ...],
     y [B]): the forward and backward of the weighted batch loss, counted by torch.utils.flop_counter on meta
     tensors (no work is done; the counts are exact for those operations, elementwise work is not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     key = (model.describe(), tuple(x.shape), tuple(y.shape), x.dtype, y.dtype)
     if key not in _step_flops_seen:
         meta = torch.device("meta")
