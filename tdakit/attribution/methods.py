@@ -18,7 +18,7 @@ from ..training import Run
 from ..unroll import unrolled_scores
 from . import staged as _staged
 from .influence import influence_plan
-from .products import GRADIENTS, Plan, evaluate
+from .products import Plan, check_gradients, evaluate
 from .scores import Scores, ensure_finite
 from .similarity import grad_cos_scores, grad_dot_plan, representation_scores
 from .source import source_plan
@@ -100,12 +100,6 @@ def check_method(run: Run | StagedRun, query: Split, method: str, settings: dict
     check_precision(settings.pop("precision", "float32"))
     check_gradients(settings.pop("gradients", "auto"))
     _prepare(run, query, method, settings, False)
-
-
-def check_gradients(gradients: str) -> str:
-    if gradients not in GRADIENTS:
-        raise ValueError(f"gradients must be one of {GRADIENTS}, got {gradients!r}")
-    return gradients
 
 
 def check_query(run: Run, query: Split) -> None:

@@ -53,6 +53,13 @@ class Plan:
 GRADIENTS = ("auto", "hooks", "vmap")
 
 
+def check_gradients(gradients: str) -> str:
+    """The ``gradients=`` setting, checked (see ``evaluate``)."""
+    if gradients not in GRADIENTS:
+        raise ValueError(f"gradients must be one of {GRADIENTS}, got {gradients!r}")
+    return gradients
+
+
 def evaluate(plans: Sequence[Plan], chunk: int | None = None, progress: bool = False,
              precision: str = "float32", gradients: str = "auto") -> list[Tensor]:
     """Scores [Q, N] float64 of every plan. Terms that share training data (the same Split object) and
@@ -61,8 +68,7 @@ def evaluate(plans: Sequence[Plan], chunk: int | None = None, progress: bool = F
     and output gradients of every nn.Linear / nn.Conv2d (``factored_products``) and uses torch.func for the
     other parameters; "vmap" makes flat per-example gradients with torch.func; "auto" (the default) takes
     hooks when the model has such layers."""
-    if gradients not in GRADIENTS:
-        raise ValueError(f"gradients must be one of {GRADIENTS}, got {gradients!r}")
+    check_gradients(gradients)
     groups: list[tuple[Plan, Tensor, list[tuple[int, Term]]]] = []
     for p, plan in enumerate(plans):
         for term in plan.terms:
