@@ -6,6 +6,7 @@ import torch
 
 import tdakit
 from tdakit.evaluation import groundtruth
+from tdakit.unroll import unrolled_scores
 
 from .distributed_job import problem
 
@@ -40,3 +41,18 @@ def test_bf16_products_stay_close_to_float32_on_cuda():
     full = tdakit.attribute(run, query, "source", progress=False).values
     half = tdakit.attribute(run, query, "source", progress=False, precision="bf16").values
     assert float((half - full).norm() / full.norm()) < 2e-2
+
+
+def test_exact_unrolling_on_cuda_gives_the_cpu_numbers(small_regression):
+    train, query = small_regression
+    recipe = tdakit.Recipe(lr=0.05, epochs=2, batch_size=16, momentum=0.9, weight_decay=1e-3)
+    scores = {}
+    for device in ("cpu", "cuda"):
+        run = tdakit.train(tdakit.mlp(8, (12, 9), 1, "gelu"), train.to(device=device), recipe, tdakit.Regression(),
+                           dtype=torch.float64, progress=False, cache=False)
+        for written_out in (True, False):
+            scores[device, written_out] = unrolled_scores(run, query.to(device=device), progress=False,
+                                                          written_out=written_out).cpu()
+    reference = scores["cpu", False]
+    for key, value in scores.items():
+        assert torch.allclose(value, reference, rtol=1e-8, atol=1e-10 * float(reference.abs().max())), key

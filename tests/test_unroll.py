@@ -1,21 +1,24 @@
 """Exact unrolled differentiation against central finite differences of the weighted training run."""
 
+import pytest
 import torch
 
 import tdakit
-from tdakit.unroll import replay
+from tdakit.unroll import replay, unrolled_scores
 
 from .references import measure_with_weights as _measure_with_weights
 from .references import smooth_mlp
 
 
-def test_unrolled_scores_equal_finite_differences(small_regression):
+@pytest.mark.parametrize("written_out", [True, False], ids=["written-out step", "torch.func step"])
+def test_unrolled_scores_equal_finite_differences(small_regression, written_out):
     train, query = small_regression
     # momentum, weight decay, a short last batch (64 = 6 x 10 + 4) and a warm-up schedule
     recipe = tdakit.Recipe(lr=0.05, epochs=4, batch_size=10, momentum=0.9, weight_decay=1e-3,
                            schedule="warmup_linear", warmup=0.2)
     run = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), dtype=torch.float64, progress=False)
-    scores = tdakit.attribute(run, query, "unrolled", progress=False).values
+    scores = tdakit.attribute(run, query, "unrolled", progress=False).values if written_out else \
+        unrolled_scores(run, query, progress=False, written_out=False)
     eps = 1e-5
     g = torch.Generator().manual_seed(0)
     for i in torch.randint(64, (6,), generator=g).tolist():
