@@ -49,10 +49,15 @@ def linear_stack(model: FlatModel) -> tuple[list[nn.Module], list[Layer]] | None
     position = {name: i for i, name in enumerate(model.param_names)}
     prefix: list[nn.Module] = []
     layers: list[Layer] = []
-    for name, child in module.named_children():
+    seen: set[int] = set()
+    # _modules, not named_children(): the latter skips a module's second use (a shared activation instance)
+    for name, child in module._modules.items():
         if isinstance(child, nn.Linear):
             if layers and layers[-1].activation is None:
                 return None  # two Linear layers in a row
+            if id(child) in seen:
+                return None  # one Linear used twice: tied weights, left to the generic path
+            seen.add(id(child))
             bias = position[f"{name}.bias"] if child.bias is not None else None
             layers.append(Layer(position[f"{name}.weight"], bias, None, child.out_features))
         elif isinstance(child, ELEMENTWISE):

@@ -31,7 +31,18 @@ MODELS = {
         lambda: _stack(nn.Flatten(), nn.Linear(12, 7, bias=False), nn.ReLU(inplace=True), nn.Identity(),
                        nn.Linear(7, 3)), tdakit.Classification(), (3, 4)),
     "one linear layer": (lambda: _stack(nn.Linear(5, 3)), tdakit.Classification(), (5,)),
+    "one activation instance used twice": (lambda: _shared_activation(), tdakit.Regression(), (4,)),
 }
+
+
+def _shared_activation():
+    act = nn.Tanh()
+    return _stack(nn.Linear(4, 6), act, nn.Linear(6, 5), act, nn.Linear(5, 1))
+
+
+def _tied_linear():
+    tied = nn.Linear(5, 5)
+    return nn.Sequential(nn.Linear(4, 5), nn.ReLU(), tied, nn.ReLU(), tied, nn.ReLU(), nn.Linear(5, 1))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -87,9 +98,15 @@ def test_stack_step_adds_into_what_it_is_given():
     nn.Sequential(nn.ReLU(), nn.Linear(4, 1)),
     nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.1), nn.Linear(5, 1)),
     nn.Sequential(nn.Linear(4, 5), nn.Softmax(-1), nn.Linear(5, 1)),
-], ids=["cnn", "batchnorm", "two linear", "activation last", "activation first", "dropout", "softmax"])
+    _tied_linear(),
+], ids=["cnn", "batchnorm", "two linear", "activation last", "activation first", "dropout", "softmax", "tied"])
 def test_models_that_are_not_plain_stacks_take_the_generic_path(module):
     assert linear_stack(FlatModel(module)) is None
+
+
+def test_a_shared_activation_instance_counts_at_every_use():
+    _, layers = linear_stack(FlatModel(_shared_activation()))
+    assert [layer.activation is not None for layer in layers] == [True, True, False]
 
 
 def test_written_out_reverse_pass_equals_the_torch_func_one(small_regression):
