@@ -25,11 +25,11 @@ from torch.func import hessian, jacrev, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
 import tdakit
-from tdakit.grads import measurement_grads
+from tdakit.grads import measurement_grads, output_derivatives
 from tdakit.presets import preset
 from tdakit.training import batch_coefficients
 from tdakit.unroll import replay, unrolled_adjoint
-from tdakit.unroll_stack import StackStep, output_derivatives
+from tdakit.unroll_stack import StackStep
 
 
 def _addmm_flops(_input, a, b, *_, out_shape=None, **__) -> int:  # shapes: a [n, k], b [k, m]
@@ -40,7 +40,7 @@ def _baddbmm_flops(_input, a, b, *_, out_shape=None, **__) -> int:  # a [batch, 
     return 2 * a[0] * a[1] * a[2] * b[2]
 
 
-def step_flops(run, thetas, v, written_out: bool) -> int:
+def reverse_step_flops(run, thetas, v, written_out: bool) -> int:
     """Matrix-product FLOPs of one reverse step: the run cut to its middle batch, counted exactly."""
     k = run.num_steps // 2
     one_step = dataclasses.replace(run, batches=run.batches[k:k + 1], lrs=run.lrs[k:k + 1],
@@ -73,7 +73,7 @@ def main() -> None:
             results[written_out] = unrolled_adjoint(run, v, progress=False, thetas=thetas, written_out=written_out)[0]
             times[written_out].append(time.perf_counter() - start)
     seconds = {key: statistics.median(value) for key, value in times.items()}
-    flops = {key: step_flops(run, thetas, v, key) * run.num_steps for key in (True, False)}
+    flops = {key: reverse_step_flops(run, thetas, v, key) * run.num_steps for key in (True, False)}
     difference = float((results[True] - results[False]).abs().max() / results[False].abs().max())
     for key, name in ((False, "torch.func vjp per step"), (True, "written-out step")):
         print(f"{name:>24}: {seconds[key]:.2f} s (median of {args.repeats}; runs "
@@ -95,7 +95,7 @@ def main() -> None:
     _, autograd_s = median_seconds(lambda: output_derivatives(run.task, outputs, targets), 50)
     print(f"loss output derivatives per step: per-example torch.func {func_s * 1e3:.2f} ms, one autograd call "
           f"{autograd_s * 1e3:.2f} ms (medians of 50)")
-    step = StackStep(run.model, run.task)
+    step = StackStep.for_model(run.model, run.task)
     params = run.model.parameter_tensors(thetas[k])
     mu = tuple(t.contiguous() for t in run.model.parameter_tensors(v))
     out = tuple(torch.zeros_like(t) for t in mu)

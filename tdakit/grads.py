@@ -50,6 +50,22 @@ def measurements(model: FlatModel, task: Task, theta: Tensor, query: Split) -> T
     return task.measurement(model(theta, query.x), query.y)
 
 
+def output_derivatives(task: Task, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """The per-example loss's gradient [B, o] and Hessian [B, o, o] with respect to the outputs [B, o].
+
+    The loss is a sum of per-example terms, so differentiating the batch sum gives every example's own
+    derivatives; the o rows of the Hessians come from one batched backward pass."""
+    o = outputs.shape[-1]
+    with torch.enable_grad():
+        z = outputs.detach().requires_grad_()
+        (g,) = torch.autograd.grad(task.loss(z, targets).sum(), z, create_graph=True)
+        if not g.requires_grad:  # a loss linear in the outputs
+            return g.detach(), z.new_zeros(len(z), o, o)
+        rows = torch.eye(o, dtype=z.dtype, device=z.device)[:, None, :].expand(o, len(z), o)
+        (h,) = torch.autograd.grad(g, z, rows, is_grads_batched=True)  # h[k, j] = row k of example j's Hessian
+    return g.detach(), h.transpose(0, 1)
+
+
 def output_jacobians(model: FlatModel, task: Task, theta: Tensor, data: Split, chunk: int = 128) -> Tensor:
     """Gauss-Newton factors A_i = Lambda_i^{1/2} d g(x_i) / d theta: [n, o, P].
 
@@ -59,17 +75,13 @@ def output_jacobians(model: FlatModel, task: Task, theta: Tensor, data: Split, c
     def out(th, x):
         return model(th, x[None])[0]
 
-    def loss_of_output(g, y):
-        return task.loss(g[None], y[None])[0]
-
     data = data.to(theta.dtype, theta.device)
     jac = vmap(jacrev(out), in_dims=(None, 0))
-    out_hess = vmap(torch.func.hessian(loss_of_output))
 
     def factors(s: slice) -> Tensor:
         x, y = data.x[s], data.y[s]
         j = jac(theta, x)  # [c, o, P]
-        lam = out_hess(vmap(out, in_dims=(None, 0))(theta, x), y)  # [c, o, o]
+        lam = output_derivatives(task, vmap(out, in_dims=(None, 0))(theta, x), y)[1]  # [c, o, o]
         root = psd_sqrt(lam)
         return root @ j
 

@@ -6,7 +6,7 @@ back one step at a time; a single torch.func.vjp of the step's gradient g_k(thet
 Hessian-vector product (to go back one step) and, since g_k is linear in the batch coefficients
 c_j = w_j/|B_k|, every batch point's contribution to the score. vmap batches the queries. For a stack of
 Linear layers and elementwise activations the same two products are written out (``unroll_stack``) and
-accumulated straight into the adjoints, which on a CPU takes about 0.6x the time. The adjoints
+accumulated straight into the adjoints, which on a CPU takes 0.5-0.6x the time. The adjoints
 are kept per parameter tensor ([Q, *shape]) and updated in place, so a step moves each [Q, P] adjoint
 through memory a handful of times and never gathers a flat [Q, P] gradient.
 Memory: the trajectory (T + 1) x P values plus about five [Q, P] adjoint-sized tensors per query chunk,
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .datasets import Split
 from .grads import measurement_grads
 from .training import Run, batch_coefficients, make_update
-from .unroll_stack import StackStep, linear_stack
+from .unroll_stack import StackStep
 
 
 def replay(run: Run, dtype: torch.dtype | None = None, weights: Tensor | None = None) -> Tensor:
@@ -77,7 +77,7 @@ def unrolled_adjoint(run: Run, v_final: Tensor, dtype: torch.dtype | None = None
     # The gradient of the batch loss with respect to each parameter tensor, not the flat theta: the
     # adjoints stay in pieces [Q, *shape], so no step gathers a [Q, P] gradient.
     piece_gradient = grad(batch_loss)
-    stack_step = StackStep(model, task) if written_out and linear_stack(model) is not None else None
+    stack_step = StackStep.for_model(model, task) if written_out else None
     momentum, weight_decay = recipe.momentum, recipe.weight_decay
 
     scores = torch.zeros(len(v_final), len(data), dtype=dtype, device=v_final.device)

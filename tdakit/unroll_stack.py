@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .grads import output_derivatives
 from .models import FlatModel
 from .task import Task
 
@@ -82,14 +83,16 @@ class StackStep:
     dc [Q, B] = grad L(z_j, theta_k) . mu, the derivative of g . mu with respect to each coefficient c_j.
     """
 
-    def __init__(self, model: FlatModel, task: Task):
-        stack = linear_stack(model)
-        if stack is None:
-            raise ValueError("StackStep needs an nn.Sequential of Linear layers and elementwise activations")
-        self.prefix, self.layers = stack
-        self.task = task
+    def __init__(self, prefix: list[nn.Module], layers: list[Layer], task: Task):
+        self.prefix, self.layers, self.task = prefix, layers, task
         self._scratch: dict[str, Tensor] = {}
         self._scratch_key: tuple | None = None
+
+    @classmethod
+    def for_model(cls, model: FlatModel, task: Task) -> StackStep | None:
+        """The step for ``model``, or None when it is not a plain stack (``linear_stack``)."""
+        stack = linear_stack(model)
+        return None if stack is None else cls(*stack, task)
 
     def _scratch_for(self, q: int, b: int, like: Tensor) -> dict[str, Tensor]:
         """Work tensors reused by every step with Q queries and B batch slots (no per-step allocation)."""
@@ -197,19 +200,3 @@ def _activation_derivatives(activation: nn.Module, z: Tensor) -> tuple[Tensor, T
         if second:
             s2 = torch.autograd.grad(s1.sum(), leaf)[0] if s1.requires_grad else torch.zeros_like(z)
     return a.detach(), s1.detach(), s2
-
-
-def output_derivatives(task: Task, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """The per-example loss's gradient [B, o] and Hessian [B, o, o] with respect to the outputs [B, o].
-
-    The loss is a sum of per-example terms, so differentiating the batch sum gives every example's own
-    derivatives; the o rows of the Hessians come from one batched backward pass."""
-    o = outputs.shape[-1]
-    with torch.enable_grad():
-        z = outputs.detach().requires_grad_()
-        (g,) = torch.autograd.grad(task.loss(z, targets).sum(), z, create_graph=True)
-        if not g.requires_grad:  # a loss linear in the outputs
-            return g.detach(), z.new_zeros(len(z), o, o)
-        rows = torch.eye(o, dtype=z.dtype, device=z.device)[:, None, :].expand(o, len(z), o)
-        (h,) = torch.autograd.grad(g, z, rows, is_grads_batched=True)  # h[k, j] = row k of example j's Hessian
-    return g.detach(), h.transpose(0, 1)

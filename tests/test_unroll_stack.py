@@ -4,9 +4,10 @@ per-example gradients, and the whole reverse pass against the torch.func path.""
 import pytest
 import torch
 from torch import nn
-from torch.func import hessian
+from torch.func import hessian, jacrev, vmap
 
 import tdakit
+from tdakit.grads import output_derivatives
 from tdakit.models import FlatModel
 from tdakit.unroll import unrolled_adjoint, unrolled_scores
 from tdakit.unroll_stack import StackStep, linear_stack
@@ -66,7 +67,7 @@ def test_stack_step_equals_dense_hessian_and_per_example_gradients(name):
     expected_dc = mu @ loop_grads(model, task, theta, tdakit.datasets.Split(x, y)).T  # [Q, B]
 
     out = tuple(torch.zeros_like(t) for t in model.parameter_tensors(mu))
-    dc = StackStep(model, task)(model.parameter_tensors(theta), x, y, c, model.parameter_tensors(mu), out)
+    dc = StackStep.for_model(model, task)(model.parameter_tensors(theta), x, y, c, model.parameter_tensors(mu), out)
     hvp = torch.cat([t.flatten(1) for t in out], 1)
     assert torch.allclose(hvp, expected_hvp, rtol=1e-10, atol=1e-12 * expected_hvp.abs().max())
     assert torch.allclose(dc, expected_dc, rtol=1e-10, atol=1e-12 * expected_dc.abs().max())
@@ -80,7 +81,7 @@ def test_stack_step_adds_into_what_it_is_given():
     x, y, c = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64), torch.full((5,), 0.2,
                                                                                                     dtype=torch.float64)
     mu = torch.randn(2, model.num_params, dtype=torch.float64)
-    step = StackStep(model, task)
+    step = StackStep.for_model(model, task)
     zero = tuple(torch.zeros_like(t) for t in model.parameter_tensors(mu))
     step(model.parameter_tensors(theta), x, y, c, model.parameter_tensors(mu), zero)
     start = torch.randn_like(mu)
@@ -102,6 +103,22 @@ def test_stack_step_adds_into_what_it_is_given():
 ], ids=["cnn", "batchnorm", "two linear", "activation last", "activation first", "dropout", "softmax", "tied"])
 def test_models_that_are_not_plain_stacks_take_the_generic_path(module):
     assert linear_stack(FlatModel(module)) is None
+    assert StackStep.for_model(FlatModel(module), tdakit.Regression()) is None
+
+
+@pytest.mark.parametrize("task", [tdakit.Regression(), tdakit.Classification()], ids=["regression", "classification"])
+def test_output_derivatives_equal_per_example_torch_func(task):
+    g = torch.Generator().manual_seed(3)
+    outputs = torch.randn(6, 1 if isinstance(task, tdakit.Regression) else 4, generator=g, dtype=torch.float64)
+    targets = torch.randn(6, generator=g, dtype=torch.float64) if isinstance(task, tdakit.Regression) else \
+        torch.randint(0, 4, (6,), generator=g)
+
+    def example_loss(o, y):
+        return task.loss(o[None], y[None])[0]
+
+    gradient, hessians = output_derivatives(task, outputs, targets)
+    assert torch.allclose(gradient, vmap(jacrev(example_loss))(outputs, targets), rtol=1e-12, atol=1e-14)
+    assert torch.allclose(hessians, vmap(hessian(example_loss))(outputs, targets), rtol=1e-12, atol=1e-14)
 
 
 def test_a_shared_activation_instance_counts_at_every_use():
