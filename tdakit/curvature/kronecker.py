@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from torch.func import vmap
 from tqdm.auto import tqdm
 
 from .. import distributed
 from ..datasets import Split
-from ..grads import output_derivatives, psd_sqrt
+from ..grads import psd_sqrt
 from ..hardware import element_budget
 from ..models import FlatModel, LayerSlot
 from ..task import Task
@@ -47,7 +48,8 @@ def _output_directions(task: Task, outputs: Tensor, targets: Tensor, fisher: str
     (ggn), or r is the loss gradient with sampled (true) or observed (empirical) targets."""
     g = outputs.detach()
     if fisher == "ggn":
-        root = psd_sqrt(output_derivatives(task, g, targets)[1])
+        lam = vmap(torch.func.hessian(lambda o, y: task.loss(o[None], y[None])[0]))(g, targets)
+        root = psd_sqrt(lam)
         return [root[:, :, k] for k in range(root.shape[-1])]
     if fisher == "true":
         targets = task.sample_targets(g, generator)
