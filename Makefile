@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint lab bench bench-extra clean cifar-data
+.PHONY: demo test lint lab bench bench-extra clean cifar-data notebooks notebook-spread
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,20 @@ cifar-data: $(STAMP)
 
 test: lint cifar-data
 	$(BIN)/python -m pytest --nbval notebooks tests --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider --durations=10
+
+# Re-run every notebook top to bottom and store its outputs (docs/notebooks.md says when and how), with an empty
+# cache so that nothing computed earlier is reused. Cell metadata (the measured tolerances) is kept.
+notebooks: cifar-data
+	TDAKIT_CACHE="$$(mktemp -d)" $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=3600 notebooks/[0-9][0-9]_*.ipynb
+
+# How far every printed notebook figure moves between float paths (BENCHMARKS.md "Notebooks across float paths"):
+# about 2 hours on 2 cores; run it after changing what a notebook prints.
+SPREAD ?= test-artifacts/notebook-spread
+notebook-spread: cifar-data
+	for path in default compatible avx2 avx2-all one-thread; do \
+		$(BIN)/python benchmarks/notebook_spread.py run --path $$path --out $(SPREAD) || exit 1; done
+	$(BIN)/python benchmarks/notebook_spread.py report $(SPREAD)/*
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks

@@ -53,7 +53,7 @@ def trained(setting: str, size: int, largest: int):
     if setting == "cifar10":
         data = tdakit.datasets.cifar10_folder(tdakit.datasets.data_root(), n_train=largest, n_query=queries,
                                               progress=False)
-        run = preset(name).train(data, n_train=size, progress=False)
+        run = preset(name).train(data, n_train=size, progress=False, dtype=torch.float32)  # as measured
         return data.query, run
     data, run = setup(name, n_train=size)
     return data.query.subset(slice(0, queries)), run

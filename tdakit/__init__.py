@@ -8,6 +8,7 @@ units; removing a set S is predicted to change f_q by -sum_{i in S} score[q, i].
 
 from . import attribution, curvature, datasets, evaluation, presets, stages, store
 from .attribution import METHODS, Scores, attribute, attribute_many, ensemble, register_method
+from .errors import TdakitError
 from .evaluation import groundtruth, groundtruth_stages, lds, leave_one_out, reliability, subset_removal
 from .experiment import Experiment, Table, run_experiment
 from .models import FlatModel, mlp
@@ -29,6 +30,8 @@ __all__ = [
     "groundtruth", "groundtruth_stages", "lds", "reliability", "leave_one_out", "subset_removal",
     # experiments and the paper's settings
     "Experiment", "Table", "run_experiment", "preset",
+    # errors a user can fix (a ValueError)
+    "TdakitError",
     # submodules
     "attribution", "curvature", "datasets", "evaluation", "presets", "stages", "store",
 ]

@@ -7,6 +7,7 @@ import sys
 
 from . import __version__
 from .demo import run_demo
+from .errors import TdakitError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_demo(out=args.out, model=args.model, subsets=args.subsets, seeds=args.seeds, epochs=args.epochs,
                  queries=args.queries, train_points=args.train, cache=not args.no_cache, progress=not args.quiet)
-    except ValueError as err:
+    except TdakitError as err:
         print(f"tdakit: {err}", file=sys.stderr)
         return 2
     return 0
@@ -48,7 +49,7 @@ def _cifar10(args) -> int:
     root = args.root or data_root()
     try:
         folder = cifar.unpack(args.archive, root) if args.archive else cifar.find(root, download=args.download)
-    except (OSError, ValueError) as err:
+    except (OSError, TdakitError) as err:
         print(f"tdakit: {err}", file=sys.stderr)
         return 2
     print(f"CIFAR-10 is in {folder}")

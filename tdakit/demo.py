@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from . import plots, store  # noqa: E402
 from .attribution import implied_damping  # noqa: E402
+from .errors import SettingError
 from .evaluation import groundtruth  # noqa: E402
 from .experiment import Method, Table, run_experiment  # noqa: E402
 from .presets import preset  # noqa: E402
@@ -34,15 +35,15 @@ def run_demo(out: str = "tdakit-report", model: str = "paper", subsets: int = 10
              cache: bool = True, progress: bool = True, say=print) -> Table:
     """Run the demo; returns the table (also written to ``out``/table.json)."""
     if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+        raise SettingError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     if subsets < 2 or seeds < 2:
-        raise ValueError("the ground truth needs at least 2 subsets and 2 seeds (reliability splits seeds)")
+        raise SettingError("the ground truth needs at least 2 subsets and 2 seeds (reliability splits seeds)")
     if queries is not None and queries < 1:
-        raise ValueError(f"--queries must be at least 1 (or left out for all queries), got {queries}")
+        raise SettingError(f"--queries must be at least 1 (or left out for all queries), got {queries}")
     if train_points is not None and train_points < 2:
-        raise ValueError(f"--train must be at least 2 (or left out for all training points), got {train_points}")
+        raise SettingError(f"--train must be at least 2 (or left out for all training points), got {train_points}")
     if epochs is not None and epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {epochs}")
+        raise SettingError(f"--epochs must be at least 1, got {epochs}")
     setting = preset(MODELS[model])
     if epochs is not None:
         setting = dataclasses.replace(setting, recipe=dataclasses.replace(setting.recipe, epochs=epochs))

@@ -63,6 +63,19 @@ def mine(count: int) -> list[int]:
     return list(range(rank(), count, world_size()))
 
 
+def agreed_size(size: int) -> int:
+    """The smallest of every process's ``size`` (one number, the same everywhere). Chunk sizes come from each
+    process's own free memory; pieces are dealt out by index, so every process must cut the work into the same
+    pieces, or some would be computed twice and others never. One process: ``size`` itself."""
+    if not active():
+        return size
+    value = torch.tensor([int(size)], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        value = value.to("cuda")
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item())
+
+
 def sum_over_ranks(tensor: Tensor) -> Tensor:
     """The element-wise sum of ``tensor`` over all processes (the tensor itself, unchanged, in one process).
     CPU tensors travel through the GPU under NCCL."""

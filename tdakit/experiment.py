@@ -23,6 +23,7 @@ from torch import Tensor
 from . import store
 from .attribution import Scores, attribute, attribute_many, ensemble
 from .datasets import Split
+from .errors import SettingError
 from .evaluation import GroundTruth, Interval, Reliability, lds, paired_difference, reliability, spearman
 from .plots import lds_bars
 from .stages import StagedRun
@@ -158,7 +159,8 @@ def as_method(config) -> Method:
         return Method(config)
     if isinstance(config, tuple) and len(config) == 2:
         return Method(config[0], dict(config[1]))
-    raise ValueError(f"a method configuration is Method(name, **settings), a name or (name, settings); got {config!r}")
+    raise SettingError(f"a method configuration is Method(name, **settings), a name or (name, settings); "
+                       f"got {config!r}")
 
 
 @dataclass
@@ -182,9 +184,9 @@ class Experiment:
         methods = {label: as_method(c) for label, c in self.methods.items()}
         for name, which in (("reference", self.reference), ("baseline", self.baseline)):
             if which is not None and which not in methods:
-                raise ValueError(f"{name} {which!r} is not one of the methods {list(methods)}")
+                raise SettingError(f"{name} {which!r} is not one of the methods {list(methods)}")
         if isinstance(self.run, StagedRun) and self.stage is None:
-            raise ValueError("for a pipeline, say which stage's points the ground truth is about: stage=...")
+            raise SettingError("for a pipeline, say which stage's points the ground truth is about: stage=...")
         scores, cached = self.compute(methods, progress, cache)
         results = {label: lds(s.values, self.truth) for label, s in scores.items()}
         ref = None if self.reference is None else scores[self.reference].values.double()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .errors import SettingError
+
 PRECISIONS = ("float32", "bf16")
 CPU_ELEMENTS = 2 ** 26  # per-example gradient rows x parameters held at once on a CPU (256 MiB in float32)
 GPU_SHARE = 0.2  # the share of a GPU's free memory one chunk may take
@@ -32,7 +34,7 @@ def element_budget(device: torch.device | str | None = None, bytes_per_element: 
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise SettingError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
 
 

@@ -15,6 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+
+from .errors import InputError, ModelError, SettingError
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -27,7 +31,7 @@ def mlp(in_features: int, hidden: Sequence[int] = (128, 128, 128), out_features:
     ("tanh", "gelu", "softplus") make finite-difference checks through long training runs well posed.
     """
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        raise SettingError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
@@ -99,16 +103,16 @@ class FlatModel:
         for name, m in norms.items():
             label = name or "the model itself"
             if not m.track_running_stats:
-                raise ValueError(f"BatchNorm layer {label!r} has track_running_stats=False: its evaluation output "
+                raise ModelError(f"BatchNorm layer {label!r} has track_running_stats=False: its evaluation output "
                                  "depends on the batch, so per-example gradients are undefined; keep the default "
                                  "track_running_stats=True")
             if m.momentum is None:
-                raise ValueError(f"BatchNorm layer {label!r} has momentum=None (a cumulative average); tdakit "
+                raise ModelError(f"BatchNorm layer {label!r} has momentum=None (a cumulative average); tdakit "
                                  "records exponential running statistics: set momentum (PyTorch's default is 0.1)")
         owned = {f"{n}.{b}" if n else b for n in norms for b in ("running_mean", "running_var", "num_batches_tracked")}
         others = [name for name, _ in module.named_buffers() if name not in owned]
         if others:
-            raise ValueError(
+            raise ModelError(
                 f"module has buffers {others}; tdakit trains pure functions of the parameters and carries only "
                 "BatchNorm's running statistics as recorded state: replace these layers by stateless ones")
         self.module = copy.deepcopy(module).to("meta").eval()
@@ -119,6 +123,12 @@ class FlatModel:
         params = list(module.named_parameters())
         buffers = [(f"{n}.{b}" if n else b, getattr(m, b)) for n, m in norms.items() for b in ("running_mean",
                                                                                                 "running_var")]
+        # Tied weights: one Parameter reachable under several names (``l2.weight = l1.weight``). theta holds it
+        # once, under its first name; every call hands the same tensor to each other name (``aliases``).
+        primary = {id(p): name for name, p in reversed(params)}
+        self.aliases = {name: primary[id(p)] for name, p in module.named_parameters(remove_duplicate=False)
+                        if primary[id(p)] != name}
+        self._outside_uses: dict[tuple, dict[str, set[str]]] = {}  # probes of parameter uses, per input kind
         self.param_names = [name for name, _ in params]
         self.state_names = [name for name, _ in buffers]
         self.names = self.param_names + self.state_names
@@ -132,6 +142,7 @@ class FlatModel:
         self.state_sizes = self.sizes[len(self.param_names):]
         starts = torch.tensor([0, *self.sizes]).cumsum(0).tolist()
         self.slices = {n: slice(a, b) for n, a, b in zip(self.names, starts, starts[1:], strict=False)}
+        self.slices.update({alias: self.slices[name] for alias, name in self.aliases.items()})
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """theta: [P] -> {name: parameter or running-statistic view} (the statistics detached)."""
@@ -140,16 +151,25 @@ class FlatModel:
         out = {n: c.reshape(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
         for n in self.state_names:
             out[n] = out[n].detach()
-        return out
+        return self._with_aliases(out)
+
+    def _with_aliases(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """values keyed by every name a parameter has: a tied parameter's other names get the same tensor."""
+        for alias, name in self.aliases.items():
+            values[alias] = values[name]
+        return values
 
     def forward(self, theta: Tensor, x: Tensor) -> Tensor:
         """Evaluation mode: theta [P], x [n, *features] -> outputs [n, out] (BatchNorm uses the running
-        statistics held in theta, so each example's output depends on that example only)."""
+        statistics held in theta, so each example's output depends on that example only). Real-valued inputs
+        are computed in theta's dtype (a float32 test set against a float64 run, say)."""
+        if x.is_floating_point() and x.dtype != theta.dtype:
+            x = x.to(theta.dtype)
         return functional_call(self.module, self.unflatten(theta), (x,))
 
     def _check_size(self, theta: Tensor) -> None:
         if theta.shape[-1] != self.num_params:
-            raise ValueError(f"theta has {theta.shape[-1]} entries but the model has {self.num_params} "
+            raise InputError(f"theta has {theta.shape[-1]} entries but the model has {self.num_params} "
                              "parameters; was it trained with another model?")
 
     def parameter_tensors(self, theta: Tensor) -> tuple[Tensor, ...]:
@@ -174,7 +194,7 @@ class FlatModel:
         """``train_forward`` with the parameters given as separate tensors (``parameter_tensors``' order) and
         the running statistics [num_state] apart: differentiating with respect to the pieces avoids
         gathering a flat [P] gradient (exact unrolling uses this)."""
-        values = dict(zip(self.param_names, params, strict=True))
+        values = self._with_aliases(dict(zip(self.param_names, params, strict=True)))
         if not self.num_state:
             return functional_call(self.module, values, (x,)), None
         self._sink.begin(coefficients)
@@ -185,9 +205,10 @@ class FlatModel:
         stats = list(torch.split(state.detach(), self.state_sizes, -1))
         for j, name in enumerate(self.norms):
             momentum = self.norms[name].momentum
-            for mean, var in seen.get(name, []):
-                stats[2 * j] = (1 - momentum) * stats[2 * j] + momentum * mean
-                stats[2 * j + 1] = (1 - momentum) * stats[2 * j + 1] + momentum * var
+            for mean, var, counted in seen.get(name, []):  # torch.where, not if: this runs under vmap too
+                stats[2 * j] = torch.where(counted, (1 - momentum) * stats[2 * j] + momentum * mean, stats[2 * j])
+                stats[2 * j + 1] = torch.where(counted, (1 - momentum) * stats[2 * j + 1] + momentum * var,
+                                               stats[2 * j + 1])
         return outputs, torch.cat(stats, -1)
 
     __call__ = forward
@@ -225,71 +246,77 @@ class FlatModel:
         finally:
             handle.remove()
         if not seen:
-            raise ValueError(f"layer {layer!r} was not called in the forward pass")
+            raise ModelError(f"layer {layer!r} was not called in the forward pass")
         return seen[-1]
 
-    def layers(self, exclude: Sequence[str] = (), strict: bool = True) -> tuple[list[LayerSlot], list[slice]]:
+    def outside_uses(self, x: Tensor) -> dict[str, set[str]]:
+        """Parameters used outside their own module's forward call, with where: {parameter name: {module names}}.
+
+        A Linear's per-example gradient from hooks is d a^T only when its weight is used by its own call alone.
+        That fails for a weight also used elsewhere (a tied decoder ``F.linear(h, embed.weight)``), for a layer
+        whose weight its parent reads instead of calling it (``nn.MultiheadAttention``'s ``out_proj``), and for a
+        layer never called. One forward pass on the first example of x records which module's call every
+        operation on a parameter ran inside (a TorchFunctionMode); it is run once per input shape and dtype.
+        A parameter never used at all is reported with the place "nowhere"."""
+        key = (tuple(x.shape[1:]), x.dtype)
+        if key not in self._outside_uses:
+            self._outside_uses[key] = _probe_uses(self.network, x[:1])
+        return self._outside_uses[key]
+
+    def layers(self, exclude: Sequence[str] = (), strict: bool = True,
+               example: Tensor | None = None) -> tuple[list[LayerSlot], list[slice]]:
         """The layers with a Kronecker-factored form (nn.Linear, nn.Conv2d) and the flat slices of the
         ``exclude``d ones. Shared by K-FAC/EK-FAC curvature, hook-based gradients, TRAK's projections.
 
+        A layer is factored when its weight is used by its own forward call alone: not tied to another layer's,
+        not read by another module (``outside_uses``, probed on ``example`` [n, *features] when given; pass it
+        whenever data is at hand). ``exclude`` names layers to leave out, each with everything inside it.
         Normalisation layers (BatchNorm) are always excluded, and so is the running-statistics state: their
-        score contributions are 0 in every Kronecker-based method (docs/conventions.md). Raises a ValueError
-        naming any other layer with parameters that is neither supported nor excluded, and any parameter
-        shared by two layers (call one module twice instead: that is supported). strict=False excludes such
-        layers instead (and allows a model with no factorable layer)."""
+        score contributions are 0 in every Kronecker-based method (docs/conventions.md). strict=True raises a
+        ModelError naming any other layer with parameters that cannot be factored and is not excluded;
+        strict=False excludes such layers instead (and allows a model with no factorable layer)."""
         exclude = set(exclude)
         named = dict(self.network.named_modules())
         with_params = [n for n, m in named.items() if list(m.parameters(recurse=False))]
         unknown = exclude - set(named)
         if unknown:
-            raise ValueError(f"exclude names {sorted(unknown)} that are not layers of the model; layers with "
-                             f"parameters: {with_params}")
-        owner: dict[int, str] = {}
+            raise SettingError(f"exclude names {sorted(unknown)} that are not layers of the model; layers with "
+                               f"parameters: {with_params}")
+        owners: dict[int, list[str]] = {}
+        for name in with_params:
+            for p in named[name].parameters(recurse=False):
+                owners.setdefault(id(p), []).append(name or "the model itself")
+        outside = {} if example is None else self.outside_uses(example)
         slots, excluded = [], []
         for name in with_params:
             module = named[name]
-            label = name or "the model itself"
             own = dict(module.named_parameters(recurse=False))
-            for p_name, p in own.items():
-                if id(p) in owner:
-                    raise ValueError(
-                        f"layer {label!r} shares its parameter {p_name!r} with layer {owner[id(p)]!r} (tied weights); "
-                        "Kronecker factors and hook gradients need each parameter in one layer. Call one module "
-                        "twice instead (supported), or use curvature='ggn' / 'hessian'")
-                owner[id(p)] = label
             full = {p: self.slices[f"{name}.{p}" if name else p] for p in own}
-            if name in exclude or name in self.norms:
+            if any(name == e or name.startswith(f"{e}.") for e in exclude) or name in self.norms:
                 excluded += list(full.values())
                 continue
-            if not factorable(module):
-                if not strict:
-                    excluded += list(full.values())
-                    continue
-                if isinstance(module, nn.Conv2d):
-                    raise ValueError(f"layer {label!r}: K-FAC supports Conv2d with groups=1, numeric padding and "
-                                     "padding_mode='zeros'; exclude it or use an equivalent layer")
-                raise ValueError(
-                    f"layer {label!r} ({type(module).__name__}) has parameters but no Kronecker-factored form; "
-                    f"K-FAC/EK-FAC support nn.Linear and nn.Conv2d. Pass exclude=[{name!r}] to leave its "
-                    "parameters out of the attribution (their score contributions become 0)")
+            why = _not_factorable(name, module, owners, {p: outside.get(f"{name}.{p}" if name else p) for p in own})
+            if why is not None:
+                if strict:
+                    raise ModelError(why)
+                excluded += list(full.values())
+                continue
             out_dim = module.weight.shape[0]
             in_dim = module.weight[0].numel() + (module.bias is not None)
             slots.append(LayerSlot(name, module, full["weight"], full.get("bias"), out_dim, in_dim))
         if not slots and strict:
-            raise ValueError("the model has no nn.Linear or nn.Conv2d layer left to factor")
+            raise ModelError("the model has no nn.Linear or nn.Conv2d layer left to factor; use a dense curvature "
+                             "(curvature='ggn') instead")
         if self.num_state:
             excluded.append(self.state_slice)
         return slots, excluded
 
-    def hook_split(self) -> tuple[list[LayerSlot], Tensor] | None:
-        """For per-example gradients: the layers whose gradients forward hooks give as d a^T (every
-        nn.Linear, and nn.Conv2d with groups=1 and numeric zero padding), and the flat indices [R] of every
-        other trainable parameter (for torch.func). None when hooks cannot serve (tied weights, or no such
-        layer)."""
-        try:
-            slots, _ = self.layers(strict=False)
-        except ValueError:  # tied weights
-            return None
+    def hook_split(self, example: Tensor | None = None) -> tuple[list[LayerSlot], Tensor] | None:
+        """For per-example gradients: the layers whose gradients forward hooks give as d a^T (``layers`` with
+        strict=False: every nn.Linear, and nn.Conv2d with groups=1 and numeric zero padding, whose weight only
+        its own call uses -- probed on ``example``), and the flat indices [R] of every other trainable
+        parameter (tied, used elsewhere, or of another kind: for torch.func). None when no layer qualifies."""
+        slots, _ = self.layers(strict=False, example=example)
         if not slots:
             return None
         covered = torch.zeros(self.num_trainable, dtype=torch.bool)
@@ -327,24 +354,121 @@ class FlatModel:
                 h.remove()
         for s in slots:
             if not records[s.name]:
-                raise ValueError(f"layer {s.name!r} was not called in the forward pass; exclude it")
+                raise ModelError(f"layer {s.name!r} was not called in the forward pass; exclude it")
         inputs = [torch.cat([s.inputs(a) for a, _ in records[s.name]], 1) for s in slots]
         layer_outputs = [[out for _, out in records[s.name]] for s in slots]
         return outputs, inputs, layer_outputs
 
 
+def _exclusion_fix(names: list[str]) -> str:
+    """How to leave layers out of the Kronecker-factored methods, or avoid the factors."""
+    listed = ", ".join(repr(n) for n in names)
+    return (f"Leave {'it' if len(names) == 1 else 'them'} out (their parameters then score 0): "
+            f"curvature=tdakit.curvature.Kronecker(exclude=[{listed}]) for influence and SOURCE, exclude=[{listed}] "
+            "for TRAK; or use a dense curvature (curvature='ggn')")
+
+
+def _not_factorable(name: str, module: nn.Module, owners: dict[int, list[str]],
+                    used_outside: dict[str, set[str] | None]) -> str | None:
+    """Why a layer with parameters has no Kronecker-factored gradient (a message with the fix), or None."""
+    label = name or "the model itself"
+    for p_name, p in module.named_parameters(recurse=False):
+        others = [o for o in owners[id(p)] if o != label]
+        if others:
+            return (f"layer {label!r} shares its parameter {p_name!r} with layer {others[0]!r} (tied weights): "
+                    f"Kronecker factors need each weight in one layer. {_exclusion_fix([name, *others])}")
+        places = used_outside.get(p_name)
+        if places == {"nowhere"}:
+            return f"layer {label!r} is never called in the forward pass. {_exclusion_fix([name])}"
+        if places:
+            return (f"layer {label!r}'s parameter {p_name!r} is used outside its own forward call (inside "
+                    f"{', '.join(sorted(repr(w) for w in places))}), so its gradient is not d a^T. "
+                    f"{_exclusion_fix([name])}")
+    if not factorable(module):
+        if isinstance(module, nn.Conv2d):
+            return (f"layer {label!r}: K-FAC supports Conv2d with groups=1, numeric padding and padding_mode="
+                    f"'zeros'. {_exclusion_fix([name])}")
+        return (f"layer {label!r} ({type(module).__name__}) has parameters but no Kronecker-factored form "
+                f"(K-FAC/EK-FAC support nn.Linear and nn.Conv2d). {_exclusion_fix([name])}")
+    return None
+
+
+class _UseRecorder(TorchFunctionMode):
+    """Records, for every operation that takes a parameter, the innermost module whose forward call is running."""
+
+    def __init__(self, owners: dict[int, list[str]], names: dict[int, str], stack: list[str]):
+        super().__init__()
+        self.owners, self.names, self.stack = owners, names, stack
+        self.outside: dict[str, set[str]] = {}
+        self.used: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for t in tree_leaves((args, kwargs)):
+            if isinstance(t, Tensor) and id(t) in self.owners:
+                name = self.names[id(t)]
+                self.used.add(name)
+                where = self.stack[-1] if self.stack else ""
+                if where not in self.owners[id(t)]:
+                    self.outside.setdefault(name, set()).add(where or "the model's own forward")
+        return func(*args, **kwargs)
+
+
+def _probe_uses(network: nn.Module, x: Tensor) -> dict[str, set[str]]:
+    """``FlatModel.outside_uses`` for one example x [1, *features]: every parameter name (each name of a tied
+    parameter) used outside its own module's call -> the modules it was used in ("nowhere": never used)."""
+    params = list(network.named_parameters(remove_duplicate=False))
+    owners: dict[int, list[str]] = {}
+    for name, p in params:
+        owners.setdefault(id(p), []).append(name.rpartition(".")[0])
+    names = {id(p): name for name, p in reversed(params)}  # the first name of each parameter
+    stack: list[str] = []
+    handles = []
+
+    def entered(name: str):
+        def hook(_module, _inputs) -> None:
+            stack.append(name)
+        return hook
+
+    def left(_module, _inputs, _output) -> None:  # returns None: the output is left as it is
+        stack.pop()
+
+    for name, module in network.named_modules():
+        handles.append(module.register_forward_pre_hook(entered(name)))
+        handles.append(module.register_forward_hook(left, always_call=True))
+    first = next(network.parameters(), None)
+    if first is not None:
+        x = x.to(first.device, first.dtype if x.is_floating_point() else x.dtype)
+    recorder = _UseRecorder(owners, names, stack)
+    try:
+        with torch.no_grad(), recorder:
+            network(x)
+    finally:
+        for h in handles:
+            h.remove()
+    found = {}
+    for name, p in params:  # report under every name of the parameter
+        primary = names[id(p)]
+        if primary not in recorder.used:
+            found[name] = {"nowhere"}
+        elif primary in recorder.outside:
+            found[name] = recorder.outside[primary]
+    return found
+
+
 class _BatchStatistics:
     """Hands a training step's batch coefficients to the BatchNorm stand-ins and collects, per layer and
-    call, the (mean, unbiased variance) [C] they normalised with (detached)."""
+    call, the (mean, unbiased variance) [C] they normalised with and whether the batch had the two or more
+    values per channel that an update of the running statistics needs (detached)."""
 
     def __init__(self):
         self.coefficients: Tensor | None = None
-        self.seen: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        self.seen: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {}
 
     def begin(self, coefficients: Tensor) -> None:
         self.coefficients, self.seen = coefficients, {}
 
-    def end(self) -> dict[str, list[tuple[Tensor, Tensor]]]:
+    def end(self) -> dict[str, list[tuple[Tensor, Tensor, Tensor]]]:
         seen, self.coefficients, self.seen = self.seen, None, {}
         return seen
 
@@ -368,14 +492,21 @@ class _TrainingBatchNorm(nn.Module):
         per_example = x[0, 0].numel()
         w = c.reshape(-1, *[1] * (x.dim() - 1)).to(x.dtype)
         total = c.sum() * per_example
-        mean = (w * x).sum(dims) / total
+        # A batch whose points all have weight 0 holds no examples: it is normalised with mean 0 and variance
+        # 1 (the outputs stay finite; their loss terms are 0 anyway) and leaves the running statistics alone.
+        empty = total <= 0
+        denominator = torch.where(empty, torch.ones_like(total), total)
+        mean = (w * x).sum(dims) / denominator
         centred = x - mean.reshape(shape)
-        var = (w * centred * centred).sum(dims) / total
+        var = torch.where(empty, torch.ones_like(mean), (w * centred * centred).sum(dims) / denominator)
         out = centred * torch.rsqrt(var + self.eps).reshape(shape)
         if self.weight is not None:
             out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
+        # the unbiased variance needs two values per channel: with one (a batch of a single example in
+        # BatchNorm1d) or none, the running statistics are not updated (PyTorch refuses such a batch)
         count = (c > 0).sum() * per_example
-        self.sink.seen.setdefault(self.name, []).append((mean.detach(), (var * count / (count - 1)).detach()))
+        unbiased = var * count / (count - 1).clamp(min=1)
+        self.sink.seen.setdefault(self.name, []).append((mean.detach(), unbiased.detach(), (count > 1).detach()))
         return out
 
 

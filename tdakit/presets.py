@@ -18,7 +18,9 @@ everywhere (docs/experiments.md lists them). ``preset("concrete").train()`` trai
   SGD momentum 0.9, a triangular cyclic rate peaking at 0.4 after a fifth of training, weight decay 1e-3,
   batch 512, 25 epochs (150 steps); EK-FAC. cifar10_full: the same on all 50,000 training images.
 - cifar10_cpu: the same pipeline shrunk for a CPU: 256 images, ResNet-9 of width 8 (104k parameters),
-  batch 64, 8 epochs (32 steps).
+  batch 64, 8 epochs (32 steps), in float64: 32 steps at rate 0.4 are chaotic in float32 (another CPU's
+  float path moves the trained parameters by about 30%), while in float64 runs on different paths agree to
+  1e-14 (``benchmarks/float_path_chaos.py``), so its figures are the same on every machine.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch import nn
 
 from . import datasets
 from .datasets import Dataset, Split
+from .errors import SettingError
 from .experiment import Method
 from .models import mlp, resnet9
 from .stages import Stage, StagedRun, train_stages
@@ -64,6 +67,7 @@ class Preset:
     description: str = ""
     architecture: str = "mlp"  # "mlp" (hidden widths) or "resnet9" (width hidden[0])
     n_train: int | None = None  # folder datasets: training images to draw (None: all)
+    dtype: torch.dtype = torch.float32  # what train() trains in unless told otherwise
 
     def data(self, seed: int = 0, root=None, download: bool = False, progress: bool = True) -> Dataset:
         """The dataset (standardized; with the preset's label noise applied to the training split).
@@ -85,17 +89,19 @@ class Preset:
         return mlp(in_features, self.hidden, outputs)
 
     def train(self, data: Dataset | None = None, seed: int = 0, n_train: int | None = None,
-              progress: bool = True, cache=True, placement: str = "middle", device=None) -> Run:
+              progress: bool = True, cache=True, placement: str = "middle", device=None,
+              dtype: torch.dtype | None = None) -> Run:
         """The recorded run of this setting (recipe seed ``seed``; the first ``n_train`` training points,
         class-balanced for images), trained on ``device`` (default: where the data is; see
-        ``hardware.default_device``). Every method and ground truth on the run then works there."""
+        ``hardware.default_device``) in ``dtype`` (default: the preset's). Every method and ground truth on the
+        run then works there, in that dtype."""
         data = data or self.data()
         split = data.train if n_train is None else subset(data, n_train)
         if device is not None:
             split = split.to(device=device)
         recipe = dataclasses.replace(self.recipe, seed=seed)
         return train(self.model(split.x.shape[1]), split, recipe, self.task, checkpoints=self.checkpoints,
-                     progress=progress, cache=cache, placement=placement)
+                     progress=progress, cache=cache, placement=placement, dtype=dtype or self.dtype)
 
     def methods(self) -> dict[str, Method]:
         return paper_methods(self.curvature)
@@ -194,13 +200,14 @@ PRESETS: dict[str, Preset | StagedPreset] = {
     "cifar10_cpu": Preset(
         "cifar10_cpu", "cifar10", (8,), Classification(),
         dataclasses.replace(CIFAR_RECIPE, epochs=8, batch_size=64),
-        curvature="ekfac", architecture="resnet9", n_train=256,
-        description="CIFAR-10 shrunk for a CPU: 256 images, ResNet-9 of width 8, batch 64, 8 epochs (32 steps)"),
+        curvature="ekfac", architecture="resnet9", n_train=256, dtype=torch.float64,
+        description="CIFAR-10 shrunk for a CPU: 256 images, ResNet-9 of width 8, batch 64, 8 epochs (32 steps), "
+                    "float64"),
 }
 
 
 def preset(name: str) -> Preset | StagedPreset:
     """A named setting (see PRESETS)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise SettingError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]

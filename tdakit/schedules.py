@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from .errors import SettingError
+
 SCHEDULES = ("constant", "linear", "cosine", "warmup_linear", "warmup_cosine", "cyclic")
 
 
@@ -18,9 +20,9 @@ def learning_rates(schedule: str, peak: float, steps: int, warmup: float = 0.0) 
     ``warmup`` fraction (0.25 if unset) and down to 0 at the end (the ResNet-9 CIFAR recipe).
     """
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        raise SettingError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if not 0.0 <= warmup < 1.0:
-        raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {warmup}")
+        raise SettingError(f"warmup is a fraction of the steps in [0, 1), got {warmup}")
     k = torch.arange(steps, dtype=torch.float64)
     if schedule == "constant":
         return torch.full((steps,), float(peak), dtype=torch.float64)

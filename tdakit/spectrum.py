@@ -31,6 +31,7 @@ from .attribution.products import Plan, Term, evaluate
 from .attribution.source import check_curvature, segment_step, segments_of
 from .concurrency import compute_lock
 from .datasets import Split
+from .errors import SettingError
 from .evaluation import GroundTruth, lds
 from .evaluation.metrics import Interval, spearman
 from .grads import loss_grads, measurement_grads
@@ -82,11 +83,11 @@ class Spectrum:
 
     def _setup(self, run, query, curvature, truth, reference, progress, keep_gradients) -> None:
         if len(run.checkpoints) == 0:
-            raise ValueError("SOURCE needs checkpoints, and this run has none; train with checkpoints=6 (or more)")
+            raise SettingError("SOURCE needs checkpoints, and this run has none; train with checkpoints=6 (or more)")
         self.run, self.query, self.curvature, self.truth, self.progress = run, query, curvature, truth, progress
         self.reference = reference.values if isinstance(reference, Scores) else reference
         if self.reference is not None and tuple(self.reference.shape) != (len(query), run.num_train):
-            raise ValueError(f"reference scores must be [{len(query)}, {run.num_train}] (queries x training "
+            raise SettingError(f"reference scores must be [{len(query)}, {run.num_train}] (queries x training "
                              f"points), got {tuple(self.reference.shape)}")
         self.v = measurement_grads(run.model, run.task, run.final, query.to(run.final.dtype))
         self.implied_damping = implied_damping(run)
@@ -157,7 +158,7 @@ class Spectrum:
         """SOURCE's terms with every segment's eta K multiplied by ``horizon``: (checkpoint index, u [Q, P],
         scale); the scores are sum scale * u . g_c(i)."""
         if isinstance(horizon, bool) or not isinstance(horizon, int | float) or not 0 < horizon < math.inf:
-            raise ValueError(f"horizon must be a positive number (1 = the run as trained), got {horizon!r}")
+            raise SettingError(f"horizon must be a positive number (1 = the run as trained), got {horizon!r}")
         v, terms, n = self.v, [], self.run.num_train
         parts = self.layout(segments)
         for index in range(len(parts) - 1, -1, -1):
@@ -170,7 +171,7 @@ class Spectrum:
         """Influence's term: -(1/N) (H + damping)^-1 grad f_q at the final parameters."""
         check_damping(damping)
         if isinstance(damping, str):
-            raise ValueError("give the damping as a number here (the slider's value)")
+            raise SettingError("give the damping as a number here (the slider's value)")
         u = self.final_curvature.apply(curv.functions.inverse(float(damping)), self.v)
         return [(len(self.run.checkpoints), u, -1.0 / self.run.num_train)]
 

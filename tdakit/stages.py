@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .datasets import Split
+from .errors import InputError, ModelError, SettingError
 from .models import FlatModel
 from .task import Task
 from .training import Recipe, Run, as_flat, seed_of, train
@@ -57,25 +58,25 @@ class StagedRun:
         """The index of a stage given its name or index."""
         if isinstance(name_or_index, int):
             if not 0 <= name_or_index < len(self.runs):
-                raise ValueError(f"stage {name_or_index} out of range: the pipeline has {len(self.runs)} stages")
+                raise SettingError(f"stage {name_or_index} out of range: the pipeline has {len(self.runs)} stages")
             return name_or_index
         if name_or_index not in self.names:
-            raise ValueError(f"no stage named {name_or_index!r}; stages: {self.names}")
+            raise SettingError(f"no stage named {name_or_index!r}; stages: {self.names}")
         return self.names.index(name_or_index)
 
 
 def _check_stages(model: nn.Module | FlatModel, stages: Sequence[Stage]) -> FlatModel:
     if not stages:
-        raise ValueError("a pipeline needs at least one stage")
+        raise SettingError("a pipeline needs at least one stage")
     flat = as_flat(model)
     for s, stage in enumerate(stages):
         label = f"stage {s}" + (f" ({stage.name})" if stage.name else "")
         if len(stage.data) == 0:
-            raise ValueError(f"{label} has no training data; remove the stage or give it data")
+            raise InputError(f"{label} has no training data; remove the stage or give it data")
         if stage.model is not None:
             other = as_flat(stage.model)
             if other.shapes != flat.shapes or other.names != flat.names:
-                raise ValueError(f"{label}'s model does not match the pipeline's: parameters "
+                raise ModelError(f"{label}'s model does not match the pipeline's: parameters "
                                  f"{list(zip(other.names, other.shapes, strict=False))} vs "
                                  f"{list(zip(flat.names, flat.shapes, strict=False))}; every stage trains the same "
                                  "parameters (build heads of every stage into one model)")
@@ -92,7 +93,7 @@ def train_stages(model: nn.Module | FlatModel, stages: Sequence[Stage], task: Ta
     for s, stage in enumerate(stages):
         stage_task = stage.task or task
         if stage_task is None:
-            raise ValueError(f"stage {s} has no task; pass task= to train_stages or Stage(task=...)")
+            raise SettingError(f"stage {s} has no task; pass task= to train_stages or Stage(task=...)")
         run = train(flat, stage.data, stage.recipe, stage_task, checkpoints=checkpoints, dtype=dtype,
                     progress=progress, cache=cache, init=theta, placement=placement)
         runs.append(run)

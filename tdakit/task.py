@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .errors import InputError, SettingError
+
 
 @dataclass(frozen=True)
 class Task:
@@ -44,7 +46,7 @@ class Task:
     def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
         """Raise a clear error when targets do not fit the outputs."""
         if outputs.shape[0] != targets.shape[0]:
-            raise ValueError(f"{outputs.shape[0]} outputs but {targets.shape[0]} targets")
+            raise InputError(f"{outputs.shape[0]} outputs but {targets.shape[0]} targets")
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Regression(Task):
 
     def __post_init__(self):
         if self.measure not in ("abs_error", "loss"):
-            raise ValueError(f"unknown measurement {self.measure!r}; use 'abs_error' or 'loss'")
+            raise SettingError(f"unknown measurement {self.measure!r}; use 'abs_error' or 'loss'")
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return (outputs[..., 0] - targets) ** 2
@@ -75,7 +77,7 @@ class Regression(Task):
     def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
         super().check_targets(outputs, targets)
         if outputs.shape[-1] != 1:
-            raise ValueError(f"regression expects one output per example, the model gives {outputs.shape[-1]}")
+            raise InputError(f"regression expects one output per example, the model gives {outputs.shape[-1]}")
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class Classification(Task):
 
     def __post_init__(self):
         if self.measure not in ("margin", "loss"):
-            raise ValueError(f"unknown measurement {self.measure!r}; use 'margin' or 'loss'")
+            raise SettingError(f"unknown measurement {self.measure!r}; use 'margin' or 'loss'")
 
     @property
     def higher_is_better(self) -> bool:
@@ -112,14 +114,14 @@ class Classification(Task):
     def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
         super().check_targets(outputs, targets)
         if targets.is_floating_point() and not bool((targets == targets.round()).all()):
-            raise ValueError(f"Classification needs integer class labels, got real-valued targets such as "
+            raise InputError(f"Classification needs integer class labels, got real-valued targets such as "
                              f"{float(targets[targets != targets.round()][0]):.4g}; for real-valued targets use "
                              "Regression()")
         if outputs.shape[-1] < 2:
-            raise ValueError(f"Classification needs one output per class (at least 2), the model gives "
+            raise InputError(f"Classification needs one output per class (at least 2), the model gives "
                              f"{outputs.shape[-1]}; for a single real-valued output use Regression()")
         if targets.min() < 0 or targets.max() >= outputs.shape[-1]:
-            raise ValueError(f"class labels must lie in 0..{outputs.shape[-1] - 1}")
+            raise InputError(f"class labels must lie in 0..{outputs.shape[-1] - 1}")
 
 
 def _one_hot_like(outputs: Tensor, targets: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from . import store
 from .datasets import Split
+from .errors import InputError, SettingError, TrainingError
 from .models import FlatModel
 from .schedules import learning_rates
 from .task import Task
@@ -48,11 +49,11 @@ class Recipe:
 
     def __post_init__(self):
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"recipe needs lr > 0, epochs >= 1, batch_size >= 1; got {self}")
+            raise SettingError(f"recipe needs lr > 0, epochs >= 1, batch_size >= 1; got {self}")
         if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+            raise SettingError(f"momentum must lie in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            raise SettingError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def steps_per_epoch(self, n: int) -> int:
         return -(-n // self.batch_size)
@@ -92,15 +93,16 @@ class Run:
 
     def __post_init__(self):
         if self.checkpoint_placement not in PLACEMENTS:
-            raise ValueError(f"checkpoint_placement must be one of {PLACEMENTS}, got {self.checkpoint_placement!r}")
+            raise SettingError(f"checkpoint_placement must be one of {PLACEMENTS}, got {self.checkpoint_placement!r}")
         steps = torch.as_tensor(self.checkpoint_steps)
         if steps.dim() != 1 or len(steps) != len(self.checkpoints):
-            raise ValueError(f"{len(self.checkpoints)} checkpoints but checkpoint_steps has shape {tuple(steps.shape)}")
+            raise InputError(f"{len(self.checkpoints)} checkpoints but checkpoint_steps has shape "
+                             f"{tuple(steps.shape)}")
         if len(steps) > 1 and (steps[1:] < steps[:-1]).any():
-            raise ValueError(f"checkpoint_steps must be sorted, got {steps.tolist()}; order the checkpoints by step "
+            raise SettingError(f"checkpoint_steps must be sorted, got {steps.tolist()}; order the checkpoints by step "
                              "(train() does this for you)")
         if len(steps) and (steps.min() < 0 or steps.max() > self.num_steps):
-            raise ValueError(f"checkpoint steps must lie in 0..{self.num_steps}, got {steps.tolist()}")
+            raise SettingError(f"checkpoint steps must lie in 0..{self.num_steps}, got {steps.tolist()}")
 
     @property
     def num_steps(self) -> int:
@@ -199,39 +201,39 @@ def checkpoint_steps(checkpoints: int | str | Sequence[int], steps: int,
     update starts from, placement "start") or explicit step numbers (sorted here; placement says which
     updates each one stands for, see ``Run``)."""
     if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        raise SettingError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if isinstance(checkpoints, str):
         if checkpoints != "all":
-            raise ValueError(f"checkpoints must be a count, 'all' or a list of steps, got {checkpoints!r}")
+            raise SettingError(f"checkpoints must be a count, 'all' or a list of steps, got {checkpoints!r}")
         return torch.arange(steps), "start"
     if isinstance(checkpoints, bool) or not isinstance(checkpoints, int | Sequence | Tensor):
-        raise ValueError(f"checkpoints must be a count, 'all' or a list of steps, got {checkpoints!r}")
+        raise SettingError(f"checkpoints must be a count, 'all' or a list of steps, got {checkpoints!r}")
     if isinstance(checkpoints, int):
         if checkpoints < 0:
-            raise ValueError(f"checkpoints must be >= 0, got {checkpoints}")
+            raise SettingError(f"checkpoints must be >= 0, got {checkpoints}")
         if placement == "start":
-            raise ValueError("placement='start' needs explicit steps or checkpoints='all'")
+            raise SettingError("placement='start' needs explicit steps or checkpoints='all'")
         offset = 1.0 if placement == "end" else 0.5
         return torch.tensor([round((j + offset) * steps / checkpoints) for j in range(checkpoints)],
                             dtype=torch.long), placement
     chosen = torch.as_tensor(list(checkpoints), dtype=torch.long).sort().values
     if len(chosen) and (chosen.min() < 0 or chosen.max() > steps):
-        raise ValueError(f"checkpoint steps must lie in 0..{steps}, got {chosen.tolist()}")
+        raise SettingError(f"checkpoint steps must lie in 0..{steps}, got {chosen.tolist()}")
     return chosen, placement
 
 
 def _check_data(data: Split, model: FlatModel, task: Task, theta: Tensor) -> None:
     if not torch.isfinite(data.x).all() or (data.y.is_floating_point() and not torch.isfinite(data.y).all()):
-        raise ValueError("training data contains NaN or inf; clean or impute it before training")
+        raise InputError("training data contains NaN or inf; clean or impute it before training")
     try:
         out = model(theta, data.x[:2])
     except RuntimeError as err:
-        raise ValueError(f"the model cannot take inputs of shape {tuple(data.x.shape[1:])}: {err}") from err
+        raise InputError(f"the model cannot take inputs of shape {tuple(data.x.shape[1:])}: {err}") from err
     task.check_targets(out, data.y[:2])
 
 
-def _diverged(step: int, recipe: Recipe, steps_per_epoch: int, loss: float, which: str = "") -> ValueError:
-    return ValueError(
+def _diverged(step: int, recipe: Recipe, steps_per_epoch: int, loss: float, which: str = "") -> TrainingError:
+    return TrainingError(
         f"training diverged{which} at step {step} (epoch {step // steps_per_epoch}): batch loss is "
         f"{loss:.3g}; lower the learning rate (now {recipe.lr}) or check the data and targets")
 
@@ -256,11 +258,11 @@ def train(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task,
     device = data.x.device  # everything follows the data
     weights = torch.ones(n, dtype=dtype, device=device) if weights is None else weights.to(device, dtype)
     if weights.shape != (n,):
-        raise ValueError(f"weights must have shape ({n},), got {tuple(weights.shape)}")
+        raise InputError(f"weights must have shape ({n},), got {tuple(weights.shape)}")
     given = init is not None
     init = flat.init(recipe.seed, dtype).to(device) if init is None else init.detach().to(device, dtype)
     if init.shape != (flat.num_params,):
-        raise ValueError(f"init must have shape ({flat.num_params},) for this model, got {tuple(init.shape)}")
+        raise InputError(f"init must have shape ({flat.num_params},) for this model, got {tuple(init.shape)}")
     _check_data(data, flat, task, init)
     batches = batch_order(torch.arange(n), recipe.batch_size, recipe.epochs, seed_of("order", recipe.seed))
     lrs = recipe.learning_rates(n)
@@ -311,7 +313,7 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
     weights = (torch.ones(m, len(data), dtype=inits.dtype, device=inits.device) if weights is None
                else weights.to(inits.device, inits.dtype))
     if inits.shape[0] != m or weights.shape != (m, len(data)):
-        raise ValueError(f"inits {tuple(inits.shape)}, batches {tuple(batches.shape)} and weights "
+        raise InputError(f"inits {tuple(inits.shape)}, batches {tuple(batches.shape)} and weights "
                          f"{tuple(weights.shape)} must agree on the number of models and points")
     lrs = learning_rates(recipe.schedule, recipe.lr, steps, recipe.warmup).tolist()
     batch_gradients = vmap(make_batch_gradient(flat, task)) if m > 1 else _one_model(make_batch_gradient(flat, task))
@@ -358,7 +360,7 @@ def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, ta
     init and batch order, as ``train`` with ``Recipe(seed=s)`` would make them), trained together with
     vmap: list of ``Run``. The default (4 runs seeded 1..4) completes a run trained with seed 0 to 5."""
     if isinstance(members, bool) or not isinstance(members, int) or members < 1:
-        raise ValueError(f"members must be a whole number >= 1, got {members!r}")
+        raise SettingError(f"members must be a whole number >= 1, got {members!r}")
     seeds = range(first_seed, first_seed + members)
     flat = as_flat(model)
     data = data.to(dtype)

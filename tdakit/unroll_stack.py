@@ -45,7 +45,7 @@ def linear_stack(model: FlatModel) -> tuple[list[nn.Module], list[Layer]] | None
     """The model as (leading Flatten modules, Linear layers with their activations), or None when it is
     not a plain stack (then exact unrolling differentiates the step with torch.func)."""
     module = model.network
-    if model.num_state or not isinstance(module, nn.Sequential):
+    if model.num_state or model.aliases or not isinstance(module, nn.Sequential):  # tied weights: generic path
         return None
     position = {name: i for i, name in enumerate(model.param_names)}
     prefix: list[nn.Module] = []

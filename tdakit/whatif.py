@@ -27,6 +27,7 @@ from . import store
 from .attribution import Scores, check_method
 from .concurrency import compute_lock
 from .datasets import Split
+from .errors import SettingError, TdakitError
 from .evaluation.removal import KINDS, most_harmful_to_remove, retrained_measurements
 from .experiment import Method, as_method, compute_scores
 from .training import Run
@@ -70,19 +71,19 @@ class WhatIf:
     def __post_init__(self):
         self.methods = {label: as_method(m) for label, m in self.methods.items()}
         if not self.methods:
-            raise ValueError("give at least one method, e.g. {'SOURCE': Method('source')}")
+            raise SettingError("give at least one method, e.g. {'SOURCE': Method('source')}")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
-            raise ValueError(f"seeds must be a whole number >= 1, got {self.seeds!r}")
+            raise SettingError(f"seeds must be a whole number >= 1, got {self.seeds!r}")
         self._scores: dict[str, Scores] = {}
         self._outcomes: dict[tuple, Tensor] = {}
         self.unavailable: dict[str, str] = {}  # label -> why the method cannot run on this run
         for label, m in self.methods.items():
             try:
                 check_method(self.run, self.query, m.method, m.settings)
-            except ValueError as error:
+            except TdakitError as error:
                 self.unavailable[label] = str(error)
         if len(self.unavailable) == len(self.methods):
-            raise ValueError("none of the methods can run on this run: " + "; ".join(
+            raise SettingError("none of the methods can run on this run: " + "; ".join(
                 f"{label}: {why}" for label, why in self.unavailable.items()))
 
     @property
@@ -124,7 +125,7 @@ class WhatIf:
         """f_q of every query after deleting ``points`` and retraining, per seed: [R, Q] (cached).
         on_step: called after every training step (progress; raising there stops the retraining)."""
         if kind not in KINDS:
-            raise ValueError(f"kind must be 'fresh' (new seeds: the expected effect) or 'same' (the recorded "
+            raise SettingError(f"kind must be 'fresh' (new seeds: the expected effect) or 'same' (the recorded "
                              f"trajectory), got {kind!r}")
         key = (kind, tuple(sorted(set(points))))
         with compute_lock:
@@ -154,9 +155,9 @@ class WhatIf:
         if points is not None:
             return self._check_points(points)
         if method is None or k is None:
-            raise ValueError("say what to delete: a method and k, or points=[...] picked by hand")
+            raise SettingError("say what to delete: a method and k, or points=[...] picked by hand")
         if side not in SIDES:
-            raise ValueError(f"side must be 'helpful' or 'harmful', got {side!r}")
+            raise SettingError(f"side must be 'helpful' or 'harmful', got {side!r}")
         helpful, harmful = self.blamed(query, method, k)
         return sorted(helpful if side == "helpful" else harmful)
 
@@ -178,12 +179,12 @@ class WhatIf:
     def undo(self) -> Trial:
         """Forget the last trial (its retrained models stay cached)."""
         if not self.history:
-            raise ValueError("nothing to undo: no deletion has been made yet")
+            raise SettingError("nothing to undo: no deletion has been made yet")
         return self.history.pop()
 
     # -- checks with messages a widget can show ----------------------------------------------------------
     def check(self, query: int | None = None, method: str | None = None, k: int | None = None) -> None:
-        """Raise the ValueError a deletion with these settings would raise, before any work is done."""
+        """Raise the TdakitError a deletion with these settings would raise, before any work is done."""
         if query is not None:
             self._check_query(query)
         if method is not None:
@@ -193,26 +194,27 @@ class WhatIf:
 
     def _check_method(self, method: str) -> None:
         if method not in self.methods:
-            raise ValueError(f"unknown method {method!r}; this explorer has {', '.join(self.methods)}")
+            raise SettingError(f"unknown method {method!r}; this explorer has {', '.join(self.methods)}")
         if method in self.unavailable:
-            raise ValueError(f"{method} cannot run on this run: {self.unavailable[method]}")
+            raise SettingError(f"{method} cannot run on this run: {self.unavailable[method]}")
 
     def _check_query(self, query: int) -> None:
         if isinstance(query, bool) or not isinstance(query, int) or not 0 <= query < len(self.query):
-            raise ValueError(f"query must be an index in 0..{len(self.query) - 1}, got {query!r}")
+            raise SettingError(f"query must be an index in 0..{len(self.query) - 1}, got {query!r}")
 
     def _check_k(self, k: int) -> None:
         n = self.run.num_train
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
-            raise ValueError(f"k must be a whole number from 1 to {n - 1} (the run has {n} training points), got {k!r}")
+            raise SettingError(f"k must be a whole number from 1 to {n - 1} (the run has {n} training points), "
+                               f"got {k!r}")
 
     def _check_points(self, points: Sequence[int]) -> list[int]:
         chosen = sorted({int(p) for p in points})
         if not chosen:
-            raise ValueError("no points selected: pick at least one training point to delete")
+            raise SettingError("no points selected: pick at least one training point to delete")
         n = self.run.num_train
         if chosen[0] < 0 or chosen[-1] >= n:
-            raise ValueError(f"training point indices must lie in 0..{n - 1}")
+            raise SettingError(f"training point indices must lie in 0..{n - 1}")
         if len(chosen) >= n:
-            raise ValueError("deleting every training point leaves nothing to train on; delete fewer")
+            raise SettingError("deleting every training point leaves nothing to train on; delete fewer")
         return chosen

@@ -199,3 +199,67 @@ def test_models_trained_together_with_vmap_equal_models_trained_alone():
     alone = retrain(run, keep, init_seeds=[1, 2, 3], order_seeds=[4, 5, 6], chunk=1, progress=False)
     assert torch.allclose(together, alone, rtol=1e-10, atol=1e-12)
     assert not torch.equal(together[0, run.model.state_slice], run.init[run.model.state_slice])
+
+
+def _reference_training(run, data, weights, skip_empty_statistics=True):
+    """The run's steps on an nn.Module with torch.optim.SGD: a batch whose points all have weight 0 contributes no
+    loss (zero gradients: momentum and weight decay still act) and no running-statistics update."""
+    module = module_at(run.model, bn_cnn().double(), run.init).train()
+    opt = torch.optim.SGD(module.parameters(), lr=1.0, momentum=run.recipe.momentum,
+                          weight_decay=run.recipe.weight_decay)
+    for k in range(run.num_steps):
+        opt.param_groups[0]["lr"] = float(run.lrs[k])
+        idx = run.batches[k][run.batches[k] >= 0]
+        kept = idx[weights[idx] > 0]
+        opt.zero_grad()
+        if len(kept):
+            (nn.functional.cross_entropy(module(data.x[kept]), data.y[kept], reduction="sum") / len(idx)).backward()
+        else:
+            for p in module.parameters():
+                p.grad = torch.zeros_like(p)
+        opt.step()
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()]
+                     + [module.get_buffer(n).reshape(-1) for n in run.model.state_names])
+
+
+def test_a_batch_of_deleted_points_trains_as_an_empty_batch():
+    """Deleting the lone point of a short last batch (weight 0) used to make BatchNorm's statistics 0/0 and stop
+    training as 'diverged'; the batch now adds no loss term and leaves the running statistics alone, as an
+    nn.Module step with zero gradients and no forward pass does."""
+    data = image_data(17, seed=6)  # batches of 8, 8 and 1
+    recipe = tdakit.Recipe(lr=0.05, epochs=1, batch_size=8, momentum=0.9, weight_decay=1e-3)
+    full = tdakit.train(bn_cnn(), data, recipe, tdakit.Classification(), dtype=torch.float64, progress=False,
+                        cache=False)
+    lone = int(full.batches[2][0])
+    weights = torch.ones(17, dtype=torch.float64)
+    weights[lone] = 0.0
+    run = tdakit.train(bn_cnn(), data, recipe, tdakit.Classification(), dtype=torch.float64, progress=False,
+                       cache=False, weights=weights)
+    assert torch.isfinite(run.final).all()
+    assert torch.allclose(run.final, _reference_training(run, data, weights), rtol=1e-9, atol=1e-11)
+    # every path that replays the trajectory agrees: stacked retraining (the what-if explorer's "same" kind)
+    same = tdakit.evaluation.removal.retrained_measurements(full, data.subset(slice(0, 3)), [lone], kind="same")
+    assert torch.allclose(same[0], measurements(run.model, run.task, run.final, data.subset(slice(0, 3))),
+                          rtol=1e-9, atol=1e-11)
+    assert torch.allclose(replay(run, torch.float64)[-1], run.final, rtol=1e-12, atol=1e-13)
+
+
+def test_batchnorm1d_with_one_example_in_a_batch_skips_the_running_statistics_update():
+    """A BatchNorm1d batch of one example has no unbiased variance (0/0; PyTorch refuses it in training mode).
+    It normalises to 0 and leaves the running statistics as they were, the same on every path: train, the
+    stacked retraining of train_many and replay."""
+    data = image_data(17, seed=7)  # the third batch of every epoch holds one example
+    recipe = tdakit.Recipe(lr=0.05, epochs=2, batch_size=8, momentum=0.9, weight_decay=1e-3)
+    run = tdakit.train(bn_cnn(), data, recipe, tdakit.Classification(), checkpoints="all", dtype=torch.float64,
+                       progress=False, cache=False)
+    thetas = torch.cat([run.checkpoints, run.final[None]])
+    assert torch.isfinite(thetas).all()
+    for k in range(run.num_steps):
+        for name, one_value in (("1.running_var", False), ("6.running_mean", True), ("6.running_var", True)):
+            where = run.model.slices[name]  # BatchNorm2d: 36 values per channel even for one image
+            changed = not torch.equal(thetas[k + 1, where], thetas[k, where])
+            assert changed == (k % 3 != 2 or not one_value), (k, name)  # steps 2 and 5: one example
+    stacked = tdakit.training.train_many(run.model, data, recipe, run.task, run.init[None].expand(2, -1),
+                                         run.batches[None].expand(2, -1, -1), progress=False)
+    assert torch.allclose(stacked[0], run.final, rtol=1e-12, atol=1e-13) and torch.isfinite(stacked).all()
+    assert torch.allclose(replay(run, torch.float64)[-1], run.final, rtol=1e-12, atol=1e-13)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tdakit import TdakitError
 from tdakit.datasets import Split, cifar, cifar10_folder
 from tdakit.presets import preset
 
@@ -85,7 +86,7 @@ def test_an_image_folder_of_the_same_pictures_gives_the_same_dataset(tmp_path):
 
 
 def test_missing_and_malformed_folders_say_what_was_expected(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py.*train/<class>"):
+    with pytest.raises(TdakitError, match=r"cifar-10-batches-py.*train/<class>"):
         cifar10_folder(tmp_path / "nowhere")
     broken = tmp_path / "broken" / cifar.PICKLE_FOLDER
     broken.mkdir(parents=True)

@@ -52,7 +52,7 @@ def test_mnist_folder_reads_torchvision_layout(tmp_path, gz):
 
 
 def test_missing_mnist_folder_says_where_it_looked_and_never_downloads(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"MNIST files .* not found under .*MNIST/raw.*download=True"):
+    with pytest.raises(tdakit.TdakitError, match=r"MNIST files .* not found under .*MNIST/raw.*download=True"):
         mnist_folder(tmp_path / "nowhere")
 
 

@@ -175,3 +175,43 @@ def test_runs_that_differ_only_in_seed_share_one_ground_truth(small_regression, 
     entries = len(list(tmp_path.iterdir()))
     second = tdakit.groundtruth(runs[1], query, subsets=4, seeds=2, progress=False, cache=tmp_path)
     assert torch.equal(first.values, second.values) and len(list(tmp_path.iterdir())) == entries
+
+
+def test_trajectory_specific_leave_one_out_keeps_the_runs_own_weights(tiny_run, small_regression):
+    """A run that already leaves points 0..3 out (weight 0): leaving out point 0 again changes nothing, and
+    leaving out point 10 equals training with points 0..3 and 10 at weight 0 (an independent train call)."""
+    train, query = small_regression
+    weights = torch.ones(64, dtype=torch.float64)
+    weights[:4] = 0.0
+    run = tdakit.train(tiny_run.model, train, tiny_run.recipe, tiny_run.task, weights=weights, dtype=torch.float64,
+                       progress=False, cache=False)
+    changes = tdakit.leave_one_out(run, query, [0, 10], trajectory_specific=True, progress=False)
+    assert float(changes[0].abs().max()) < 1e-12
+    fewer = weights.clone()
+    fewer[10] = 0.0
+    direct = tdakit.train(tiny_run.model, train, tiny_run.recipe, tiny_run.task, weights=fewer, dtype=torch.float64,
+                          progress=False, cache=False)
+    measure = tdakit.grads.measurements
+    expected = measure(run.model, run.task, direct.final, query) - measure(run.model, run.task, run.final, query)
+    assert torch.allclose(changes[1], expected, rtol=1e-9, atol=1e-12) and float(expected.abs().max()) > 1e-4
+
+
+def test_the_ground_truth_progress_bar_never_passes_its_total(tiny_run, small_regression, monkeypatch):
+    """Training steps move the bar by fractions of a model; their float sum used to pass the total (tqdm warned
+    'clamping frac to range [0, 1]' and showed a negative time left)."""
+    import tqdm.auto
+
+    _, query = small_regression
+    seen = []
+    real = tqdm.auto.tqdm
+
+    class Watched(real):
+        def update(self, n=1):
+            out = super().update(n)
+            seen.append((self.n, self.total))
+            return out
+
+    monkeypatch.setattr(ground_truth_module, "tqdm", Watched)
+    groundtruth(tiny_run, query, subsets=3, seeds=7, fraction=0.3, chunk=7, cache=False, progress=True)  # 12 steps
+    assert seen and all(n <= total + 1e-12 for n, total in seen)
+    assert seen[-1][0] == seen[-1][1] == 21

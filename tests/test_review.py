@@ -110,7 +110,7 @@ def test_ekfac_of_a_reused_block_is_the_exact_curvature_diagonal_in_its_basis():
 
 def test_parameters_shared_by_two_layers_are_refused_by_name():
     model = FlatModel(Tied())
-    with pytest.raises(ValueError, match="layer 'b' shares its parameter 'weight' with layer 'a'"):
+    with pytest.raises(tdakit.TdakitError, match="layer 'a' shares its parameter 'weight' with layer 'b'"):
         model.layers()
 
 

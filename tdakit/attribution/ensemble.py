@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 from ..datasets import Split
+from ..errors import SettingError
 from ..stages import StagedRun
 from ..training import Run
 from .methods import attribute
@@ -19,7 +20,7 @@ def ensemble(runs: Sequence[Run] | Sequence[StagedRun], query: Split, method: st
     """Scores averaged over ``runs`` (their seconds summed): a ``Scores`` named "<method> ensemble", or for
     pipelines (``StagedRun``s from ``train_stages_ensemble``) one such Scores per stage."""
     if not runs:
-        raise ValueError("ensemble needs at least one run; train some with tdakit.train_ensemble")
+        raise SettingError("ensemble needs at least one run; train some with tdakit.train_ensemble")
     start = time.perf_counter()
     total = None
     for run in runs:

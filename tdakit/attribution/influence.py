@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .. import curvature as curv
 from ..datasets import Split
+from ..errors import ResultError, SettingError
 from ..grads import measurement_grads
 from ..training import Run
 from .products import Plan, Term
@@ -32,11 +33,11 @@ def check_damping(damping) -> None:
     """Raise a clear error unless damping is a number >= 0, "implied" or "heuristic"."""
     if isinstance(damping, str):
         if damping not in DAMPINGS:
-            raise ValueError(f"damping must be a number >= 0 or one of {DAMPINGS}, got {damping!r}")
+            raise SettingError(f"damping must be a number >= 0 or one of {DAMPINGS}, got {damping!r}")
         return
     if isinstance(damping, bool) or not isinstance(damping, float | int) or not damping >= 0 \
             or not math.isfinite(damping):
-        raise ValueError(f"damping must be a finite number >= 0, 'implied' or 'heuristic', got {damping!r}")
+        raise SettingError(f"damping must be a finite number >= 0, 'implied' or 'heuristic', got {damping!r}")
 
 
 def damped_inverse(H: curv.Curvature, damping: float | str, run: Run, relative: float = 0.1,
@@ -61,7 +62,7 @@ def damped_inverse(H: curv.Curvature, damping: float | str, run: Run, relative: 
     if H.num_params > values.numel():
         smallest = min(smallest, abs(H.floor))
     if damping == 0.0 and smallest <= 1e-12 * max(float(values.abs().max()), 1e-300):
-        raise ValueError(
+        raise ResultError(
             f"the curvature has a zero eigenvalue (smallest |s| = {smallest:.3g}; weight decay "
             f"{H.weight_decay:g}) and damping is 0, so (H + damping I)^-1 does not exist: use a positive damping "
             "(damping='implied', 'heuristic' or a number > 0) or train with weight decay")

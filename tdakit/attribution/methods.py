@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .. import curvature as curv
 from ..datasets import Split
+from ..errors import InputError, SettingError
 from ..hardware import check_precision
 from ..stages import StagedRun
 from ..training import Run
@@ -51,7 +52,7 @@ def register_method(name: str, compute: Callable[..., Plan | Tensor], staged: Ca
                     needs_checkpoints: bool = False) -> Registered:
     """Make ``attribute(run, query, name)`` available (see ``Registered``)."""
     if name in METHODS:
-        raise ValueError(f"a method named {name!r} is already registered")
+        raise SettingError(f"a method named {name!r} is already registered")
     METHODS[name] = Registered(name, compute, staged, needs_checkpoints)
     return METHODS[name]
 
@@ -71,21 +72,21 @@ register_method("representation", representation_scores)
 def _prepare(run: Run | StagedRun, query: Split, method: str, settings: dict,
              progress: bool) -> tuple[Registered, dict]:
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+        raise SettingError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     spec = METHODS[method]
     staged = isinstance(run, StagedRun)
     if staged and spec.staged is None:
-        raise ValueError(f"{method} has no multi-stage form; for a pipeline use one of "
+        raise SettingError(f"{method} has no multi-stage form; for a pipeline use one of "
                          f"{', '.join(n for n, m in METHODS.items() if m.staged is not None)}")
     accepted = spec.accepted(staged)
     unknown = sorted(set(settings) - set(accepted))
     if unknown:
-        raise ValueError(f"{method} does not take {', '.join(unknown)}; it takes "
+        raise SettingError(f"{method} does not take {', '.join(unknown)}; it takes "
                          f"{', '.join(a for a in accepted if a != 'progress')}")
     for one in (run.runs if staged else [run]):
         check_query(one, query)
         if spec.needs_checkpoints and len(one.checkpoints) == 0:
-            raise ValueError(f"{method} needs checkpoints, and this run has none; train with checkpoints=6 "
+            raise SettingError(f"{method} needs checkpoints, and this run has none; train with checkpoints=6 "
                              "(or more)")
     full = dict(settings)
     if "progress" in accepted:
@@ -105,11 +106,11 @@ def check_method(run: Run | StagedRun, query: Split, method: str, settings: dict
 def check_query(run: Run, query: Split) -> None:
     """Raise a clear error when query examples do not fit the run's model and task."""
     if not isinstance(query, Split):
-        raise ValueError(f"query must be a datasets.Split of examples and targets, got {type(query).__name__}")
+        raise InputError(f"query must be a datasets.Split of examples and targets, got {type(query).__name__}")
     if len(query) == 0:
-        raise ValueError("the query split is empty; pass at least one query")
+        raise InputError("the query split is empty; pass at least one query")
     if tuple(query.x.shape[1:]) != tuple(run.train.x.shape[1:]):
-        raise ValueError(f"query examples have shape {tuple(query.x.shape[1:])} but the run was trained on "
+        raise InputError(f"query examples have shape {tuple(query.x.shape[1:])} but the run was trained on "
                          f"{tuple(run.train.x.shape[1:])}; pass queries from the same dataset (e.g. data.query)")
     out = run.model(run.final, query.x[:2].to(run.final.device, run.final.dtype))
     run.task.check_targets(out, query.y[:2].to(run.final.device))

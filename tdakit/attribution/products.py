@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .. import distributed, hardware
 from ..curvature.kronecker import layer_gradient_factors
 from ..datasets import Split
+from ..errors import ModelError, SettingError
 from ..grads import loss_grads, loss_grads_at, rows_per_chunk
 from ..models import FlatModel, LayerSlot
 from ..task import Task
@@ -56,7 +57,7 @@ GRADIENTS = ("auto", "hooks", "vmap")
 def check_gradients(gradients: str) -> str:
     """The ``gradients=`` setting, checked (see ``evaluate``)."""
     if gradients not in GRADIENTS:
-        raise ValueError(f"gradients must be one of {GRADIENTS}, got {gradients!r}")
+        raise SettingError(f"gradients must be one of {GRADIENTS}, got {gradients!r}")
     return gradients
 
 
@@ -83,12 +84,14 @@ def evaluate(plans: Sequence[Plan], chunk: int | None = None, progress: bool = F
     for first, theta, members in tqdm(groups, desc="gradient products", disable=not progress, leave=False):
         u = torch.cat([term.u.to(theta.dtype) for _, term in members])  # [sum of Q, P]
         data = first.data.to(theta.dtype, theta.device)
-        split = None if gradients == "vmap" else first.model.hook_split()
+        split = None if gradients == "vmap" else first.model.hook_split(data.x[:1])
         if gradients == "hooks" and split is None:
-            raise ValueError("gradients='hooks' needs nn.Linear or nn.Conv2d layers and no tied weights")
+            raise ModelError("gradients='hooks' needs an nn.Linear or nn.Conv2d layer whose weight only its own call "
+                             "uses; use gradients='auto'")
         factored = None if split is None else FactoredQueries(first.model, u, *split)
         size = chunk or (factored.examples_per_chunk(first.task, theta, data) if factored is not None
                          else rows_per_chunk(theta.numel(), device=theta.device))
+        size = distributed.agreed_size(size)  # one chunk plan for every process
         starts = range(0, len(data), size)
         for s in [starts[j] for j in distributed.mine(len(starts))]:  # every chunk in one process
             part = data.subset(slice(s, s + size))

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..errors import ResultError
+
 
 @dataclass
 class Scores:
@@ -38,7 +40,7 @@ def ensure_finite(values: Tensor, method: str) -> Tensor:
     """Raise an error naming the likely causes instead of returning NaN or inf scores."""
     if not torch.isfinite(values).all():
         bad = int((~torch.isfinite(values)).sum())
-        raise ValueError(
+        raise ResultError(
             f"{method} produced {bad} non-finite scores. Likely causes: a curvature with zero or negative "
             "eigenvalues and no damping (use damping='implied' or a number > 0, or curvature='hessian_clipped'/"
             "'ggn'/'ekfac'), learning rates so large that exp(-eta K s) overflows, or a run whose parameters "

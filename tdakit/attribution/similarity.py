@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from ..datasets import Split
+from ..errors import ModelError
 from ..grads import loss_grads, measurement_grads, rows_per_chunk
 from ..training import Run
 from .products import Plan, Term
@@ -48,7 +49,7 @@ def representations(run: Run, x: Tensor, theta: Tensor | None = None) -> Tensor:
     theta = run.final if theta is None else theta
     linear = [name for name, m in run.model.network.named_modules() if isinstance(m, nn.Linear)]
     if not linear:
-        raise ValueError("representation similarity needs a model whose head is an nn.Linear layer")
+        raise ModelError("representation similarity needs a model whose head is an nn.Linear layer")
     return run.model.inputs_of(linear[-1], theta, x.to(theta.dtype)).reshape(len(x), -1)
 
 

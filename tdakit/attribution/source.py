@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .. import curvature as curv
 from ..datasets import Split
+from ..errors import ResultError, SettingError
 from ..grads import measurement_grads
 from ..training import Run
 from .products import Plan, Term, evaluate
@@ -52,19 +53,19 @@ def segments_of(run: Run, segments: int | Sequence[int]) -> list[Segment]:
     """
     T = run.num_steps
     if isinstance(segments, bool) or not isinstance(segments, int | Sequence | Tensor):
-        raise ValueError(f"segments must be a whole number L or a list of boundaries [0, ..., {T}], "
+        raise SettingError(f"segments must be a whole number L or a list of boundaries [0, ..., {T}], "
                          f"got {segments!r}")
     if isinstance(segments, int):
         if not 1 <= segments <= T:
-            raise ValueError(f"segments must be between 1 and the number of steps ({T}), got {segments}")
+            raise SettingError(f"segments must be between 1 and the number of steps ({T}), got {segments}")
         bounds = [round(l * T / segments) for l in range(segments + 1)]
     else:
         if any(isinstance(b, float) and not float(b).is_integer() for b in segments):
-            raise ValueError(f"segment boundaries must be whole step numbers, got {list(segments)}")
+            raise SettingError(f"segment boundaries must be whole step numbers, got {list(segments)}")
         bounds = [int(b) for b in segments]
         if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != T or any(
                 a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
-            raise ValueError(f"segment boundaries must increase strictly from 0 to the run's {T} steps, "
+            raise SettingError(f"segment boundaries must increase strictly from 0 to the run's {T} steps, "
                              f"got {bounds}")
     steps = run.checkpoint_steps.tolist()
     ends = run.checkpoint_placement == "end"
@@ -76,7 +77,7 @@ def segments_of(run: Run, segments: int | Sequence[int]) -> list[Segment]:
         else:
             inside = tuple(c for c, s in enumerate(steps) if a <= s < b or (last and s == b))
         if not inside:
-            raise ValueError(
+            raise SettingError(
                 f"segment {l} (steps {a}..{b}) contains no checkpoint (checkpoints at steps {steps}); "
                 "record more with train(..., checkpoints=...) or use fewer segments")
         out.append(Segment(a, b, inside))
@@ -92,7 +93,7 @@ def check_curvature(H: curv.Curvature, form: str, segment: int) -> None:
     if H.num_params > values.numel():
         low = min(low, H.floor)
     if low < -1e-9 * max(high, 1e-300):
-        raise ValueError(
+        raise ResultError(
             f"segment {segment}'s curvature has a negative eigenvalue ({low:.3g}); SOURCE assumes the curvature is "
             "stationary within a segment, and exp(-eta K s) then grows without bound in that direction (real "
             "training never does: the curvature moves away from it). Use a positive semi-definite curvature: "

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..datasets import Split
+from ..errors import SettingError
 from ..grads import measurement_grads
 from ..task import Task
 from ..training import Run
@@ -29,7 +30,7 @@ def checkpoint_rates(run: Run) -> Tensor:
     the updates nearer to it than to any other checkpoint. The W_c add up to the whole run's rate."""
     steps = run.checkpoint_steps.double()
     if len(steps) == 0:
-        raise ValueError("TracIn needs checkpoints; train with checkpoints=6 (or more)")
+        raise SettingError("TracIn needs checkpoints; train with checkpoints=6 (or more)")
     T = run.num_steps
     k = torch.arange(T, dtype=torch.float64)  # update k moves theta_k to theta_k+1
     if run.checkpoint_placement == "end":

@@ -70,11 +70,11 @@ def trak_scores(run: Run, query: Split, projection: int = 32, damping: float | s
     of each layer's gradient matrix. damping: a number >= 0, "implied" (1 / sum_k eta_k/(1 - momentum))
     or "heuristic" (0.1 x the kernel's mean eigenvalue). A weighted run's kernel weights point i by w_i."""
     check_damping(damping)
-    slots, _ = run.model.layers(exclude)
+    slots, _ = run.model.layers(exclude, example=run.train.x[:1])
     theta, dtype = run.final, run.final.dtype
     proj = _projections(slots, projection, seed, dtype, theta.device)
     data = run.train.to(dtype)
-    chunk = rows_per_chunk(run.model.num_params, device=theta.device)
+    chunk = distributed.agreed_size(rows_per_chunk(run.model.num_params, device=theta.device))
     starts = range(0, len(data), chunk)
     pieces = {s: project_factors(slots, proj, *layer_gradient_factors(
         run.model, run.task, theta, data.subset(slice(s, s + chunk)), "empirical", slots))

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..datasets import Split
+from ..errors import InputError, SettingError
 from ..models import FlatModel
 from ..task import Task
 
@@ -74,7 +75,7 @@ def register(name: str) -> Callable[[Fit], Fit]:
     """Decorator: make a fitting function available as ``curvature=name`` everywhere."""
     def add(fit: Fit) -> Fit:
         if name in BACKENDS:
-            raise ValueError(f"a curvature backend named {name!r} is already registered")
+            raise SettingError(f"a curvature backend named {name!r} is already registered")
         BACKENDS[name] = fit
         return fit
     return add
@@ -139,11 +140,11 @@ def _fit(kind, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight
          weights: Tensor | None, progress: bool) -> Curvature:
     if isinstance(kind, str):
         if kind not in BACKENDS:
-            raise ValueError(f"unknown curvature {kind!r}; choose one of {', '.join(BACKENDS)} or pass "
+            raise SettingError(f"unknown curvature {kind!r}; choose one of {', '.join(BACKENDS)} or pass "
                              "Kronecker(...)")
         return BACKENDS[kind](model, task, thetas, data, weight_decay, weights=weights, progress=progress)
     if not callable(getattr(kind, "fit", None)):
-        raise ValueError(f"curvature must be a name ({', '.join(BACKENDS)}) or an options object with a fit "
+        raise SettingError(f"curvature must be a name ({', '.join(BACKENDS)}) or an options object with a fit "
                          f"method, got {kind!r}")
     return kind.fit(model, task, thetas, data, weight_decay, weights=weights, progress=progress)
 
@@ -154,9 +155,9 @@ def check_weights(weights: Tensor | None, n: int) -> Tensor | None:
         return None
     weights = torch.as_tensor(weights)
     if weights.shape != (n,):
-        raise ValueError(f"weights must have shape ({n},), got {tuple(weights.shape)}")
+        raise InputError(f"weights must have shape ({n},), got {tuple(weights.shape)}")
     if (weights < 0).any():
-        raise ValueError("curvature needs non-negative training weights (a negative weight makes the loss "
+        raise InputError("curvature needs non-negative training weights (a negative weight makes the loss "
                          "curvature indefinite); attribute a run trained with weights >= 0")
     return None if bool((weights == 1).all()) else weights
 

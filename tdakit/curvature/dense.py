@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.func import grad, jvp, vmap
 
 from ..datasets import Split
+from ..errors import SettingError
 from ..grads import output_jacobians
 from ..models import FlatModel
 from ..task import Task
@@ -29,7 +30,7 @@ def hessian(model: FlatModel, task: Task, theta: Tensor, data: Split, weight_dec
     """The Hessian of J at theta: [P, P], in theta's dtype (weights [N]: the run's w_i, default ones)."""
     P = theta.numel()
     if P > MAX_DENSE_PARAMS:
-        raise ValueError(
+        raise SettingError(
             f"a dense Hessian of {P} parameters needs {P * P * 8 / 2**30:.1f} GiB and an O(P^3) "
             f"eigendecomposition; use curvature='ggn' (exact in sample space) or a narrower model "
             f"(at most {MAX_DENSE_PARAMS} parameters)")

@@ -11,12 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import SettingError
+
 FORMS = ("exp", "power")
 
 
 def _check_form(form: str) -> None:
     if form not in FORMS:
-        raise ValueError(f"unknown SOURCE form {form!r}; use 'exp' or 'power'")
+        raise SettingError(f"unknown SOURCE form {form!r}; use 'exp' or 'power'")
 
 
 def inverse(damping: float):

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..datasets import Split
+from ..errors import SettingError
 from ..grads import psd_sqrt
 from ..hardware import element_budget
 from ..models import FlatModel, LayerSlot
@@ -64,7 +65,7 @@ def layer_gradient_factors(model: FlatModel, task: Task, theta: Tensor, data: Sp
     """For one chunk of data: per slot, inputs a [n, T, in] and, per output direction k, output
     gradients d [K, n, T, out]. With fisher="empirical", G_i = sum_t d[0, i, t] a[i, t]^T is example
     i's gradient of the layer matrix (per-example gradients from hooks)."""
-    slots = slots if slots is not None else model.layers()[0]
+    slots = slots if slots is not None else model.layers(example=data.x[:1])[0]
     outputs, inputs, layer_outputs = model.tap(theta, data.x, slots)
     directions = _output_directions(task, outputs, data.y, fisher, generator)
     flat_outputs = [out for calls in layer_outputs for out in calls]
@@ -164,12 +165,12 @@ def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Spli
     w-weighted mean of its inputs, which keeps a single example's block exact.
     """
     if fisher not in FISHERS:
-        raise ValueError(f"unknown fisher {fisher!r}; choose one of {', '.join(FISHERS)}")
-    slots, excluded = model.layers(exclude)
+        raise SettingError(f"unknown fisher {fisher!r}; choose one of {', '.join(FISHERS)}")
+    slots, excluded = model.layers(exclude, example=data.x[:1])
     thetas = thetas.reshape(-1, thetas.shape[-1])
     data = data.to(thetas.dtype, thetas.device)
     n, count = len(data), len(thetas) * len(data)
-    chunk = chunk or examples_per_chunk(model, task, thetas[0], data, fisher, slots)
+    chunk = distributed.agreed_size(chunk or examples_per_chunk(model, task, thetas[0], data, fisher, slots))
     pieces = [(c, s) for c in range(len(thetas)) for s in range(0, n, chunk)]
     w = None if weights is None else weights.to(thetas.dtype).to(thetas.device)
     a_count = count if w is None else len(thetas) * float(w.sum())

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import DataNotFoundError, InputError, SettingError
+
 __all__ = ["Split", "Dataset", "Scaler", "load", "available", "mnist_folder", "mnist_arrays", "with_label_noise",
            "rotated", "balanced_subset", "balanced_parts", "cifar10_folder",
            "data_root"]
@@ -45,7 +47,7 @@ class Split:
 
     def __post_init__(self):
         if self.x.shape[0] != self.y.shape[0]:
-            raise ValueError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
+            raise InputError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -110,7 +112,7 @@ class Dataset:
     def pixels(self, x: Tensor) -> Tensor:
         """Colour images [n, C, H, W] (standardized) -> displayable pixels [n, H, W, C] in [0, 1]."""
         if not self.channel_scalers:
-            raise ValueError(f"{self.name} has no colour channels to restore")
+            raise SettingError(f"{self.name} has no colour channels to restore")
         mean = torch.tensor([s.mean for s in self.channel_scalers], dtype=torch.float32)
         std = torch.tensor([s.std for s in self.channel_scalers], dtype=torch.float32)
         return (x.float().cpu().movedim(1, -1) * std + mean).clamp(0, 1)
@@ -122,7 +124,7 @@ def _concrete(seed: int, n_train: int = 896, n_query: int = 103) -> Dataset:
         header = f.readline().strip().split(",")
         table = np.loadtxt(f, delimiter=",", dtype=np.float64)
     if n_train + n_query > len(table):
-        raise ValueError(f"concrete has {len(table)} rows; n_train + n_query = {n_train + n_query}")
+        raise SettingError(f"concrete has {len(table)} rows; n_train + n_query = {n_train + n_query}")
     order = np.random.default_rng(seed).permutation(len(table))
     train_rows, query_rows = order[:n_train], order[n_train:n_train + n_query]
     test_rows = order[n_train + n_query:]
@@ -177,7 +179,7 @@ def _mnist5k(seed: int, n_train: int = 4000, n_query: int = 100, flatten: bool =
         arrays = np.load(f)
         images, labels = arrays["images"], arrays["labels"].astype(np.int64)
     if n_train + n_query > len(labels):
-        raise ValueError(f"mnist5k has {len(labels)} images; n_train + n_query = {n_train + n_query}")
+        raise SettingError(f"mnist5k has {len(labels)} images; n_train + n_query = {n_train + n_query}")
     return _images_dataset("mnist5k", images, labels, _stratified(labels, (n_train, n_query), seed), flatten)
 
 
@@ -187,7 +189,7 @@ def _read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if data[:2] != b"\0\0" or data[2] != 8:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        raise DataNotFoundError(f"{path} is not an unsigned-byte IDX file")
     dims = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * d:8 + 4 * d], "big") for d in range(dims))
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
@@ -216,13 +218,13 @@ def mnist_arrays(root: str | Path, train: bool = True, download: bool = False) -
     found = [find(s) for s in stems]
     if None in found:
         missing = [s for s, p in zip(stems, found, strict=True) if p is None]
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"MNIST files {missing} not found under {raw}; put torchvision's MNIST there (e.g. "
             f"torchvision.datasets.MNIST({str(root)!r}, download=True) on a machine that is online) or "
             "call with download=True")
     images, labels = _read_idx(found[0]), _read_idx(found[1]).astype(np.int64)
     if images.ndim != 3 or len(images) != len(labels):
-        raise ValueError(f"MNIST files under {raw} disagree: images {images.shape}, labels {labels.shape}")
+        raise DataNotFoundError(f"MNIST files under {raw} disagree: images {images.shape}, labels {labels.shape}")
     return images, labels
 
 
@@ -232,7 +234,7 @@ def mnist_folder(root: str | Path, seed: int = 0, n_train: int = 6144, n_query: 
     n_train train / n_query query / the rest as test, standardized like ``load("mnist5k")``."""
     images, labels = mnist_arrays(root, train=True, download=download)
     if n_train + n_query > len(labels):
-        raise ValueError(f"MNIST under {root} has {len(labels)} images; n_train + n_query = {n_train + n_query}")
+        raise SettingError(f"MNIST under {root} has {len(labels)} images; n_train + n_query = {n_train + n_query}")
     return _images_dataset("mnist", images, labels, _stratified(labels, (n_train, n_query), seed), flatten)
 
 
@@ -254,9 +256,9 @@ def cifar10_folder(root: str | Path, seed: int = 0, n_train: int | None = 3072, 
     test_source = cifar.source(root, train=False)
     n_train = len(train_source) if n_train is None else n_train
     if not 0 < n_train <= len(train_source):
-        raise ValueError(f"n_train must lie in 1..{len(train_source)}, got {n_train}")
+        raise SettingError(f"n_train must lie in 1..{len(train_source)}, got {n_train}")
     if n_query < 1 or n_test < 0 or n_query + n_test > len(test_source):
-        raise ValueError(f"n_query + n_test must lie in 1..{len(test_source)} (the test split), got "
+        raise SettingError(f"n_query + n_test must lie in 1..{len(test_source)} (the test split), got "
                          f"{n_query} + {n_test}")
     train_rows = (np.arange(len(train_source)) if n_train == len(train_source)
                   else _stratified(train_source.labels, (n_train,), seed)[0])
@@ -283,7 +285,7 @@ def balanced_subset(split: Split, n: int, seed: int = 0) -> Split:
     """n examples of a classification split with the classes as equal as possible, seeded. Use it
     instead of a prefix: ``load("mnist5k")`` keeps each part in file order, which is sorted by digit."""
     if not 0 < n <= len(split):
-        raise ValueError(f"n must lie in 1..{len(split)}, got {n}")
+        raise SettingError(f"n must lie in 1..{len(split)}, got {n}")
     return balanced_parts(split, (n,), seed)[0]
 
 
@@ -292,9 +294,9 @@ def balanced_parts(split: Split, sizes: tuple[int, ...], seed: int = 0) -> list[
     possible (seeded): e.g. the data of the stages of a continual-learning pipeline. Slicing one balanced
     subset does not do this: parts keep file order, so consecutive slices hold different digits."""
     if split.y.is_floating_point():
-        raise ValueError("balanced parts need integer class labels; use split.subset(...) for regression")
+        raise InputError("balanced parts need integer class labels; use split.subset(...) for regression")
     if any(n <= 0 for n in sizes) or sum(sizes) > len(split):
-        raise ValueError(f"sizes must be positive and sum to at most {len(split)}, got {tuple(sizes)}")
+        raise SettingError(f"sizes must be positive and sum to at most {len(split)}, got {tuple(sizes)}")
     parts = _stratified(split.y.cpu().numpy(), tuple(sizes), seed)[:len(sizes)]
     return [split.subset(torch.as_tensor(rows)) for rows in parts]
 
@@ -303,9 +305,9 @@ def with_label_noise(split: Split, fraction: float, classes: int, seed: int = 0)
     """A copy of ``split`` with round(fraction * n) labels replaced by a uniformly drawn *different*
     class (seeded). Returns (noisy split, bool mask [n] of the changed points)."""
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+        raise SettingError(f"fraction must lie in [0, 1], got {fraction}")
     if split.y.is_floating_point():
-        raise ValueError("label noise needs integer class labels")
+        raise InputError("label noise needs integer class labels")
     g = torch.Generator().manual_seed(seed)
     n = len(split)
     changed = torch.zeros(n, dtype=torch.bool)
@@ -340,5 +342,5 @@ def available() -> list[str]:
 def load(name: str, seed: int = 0, **kwargs) -> Dataset:
     """Load an embedded dataset by name, split with ``seed`` (same seed, same split)."""
     if name not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
+        raise SettingError(f"unknown dataset {name!r}; available: {', '.join(available())}")
     return _LOADERS[name](seed, **kwargs)

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import DataNotFoundError
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 PICKLE_FOLDER = "cifar-10-batches-py"
@@ -55,7 +57,7 @@ def find(root: str | Path, download: bool = False) -> Path:
     if download:
         fetch(root)
         return root / PICKLE_FOLDER
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"no CIFAR-10 found under {root}: expected {root / PICKLE_FOLDER}/data_batch_1..5 and test_batch "
         f"(torchvision's python format) or {root}/train/<class>/*.png|jpg and {root}/test/<class>/... (an image "
         "folder). Put one there, or pass download=True on a machine that is online")
@@ -83,19 +85,19 @@ def unpack(archive: str | Path, root: str | Path) -> Path:
     root = Path(root).expanduser()
     try:
         return find(root)
-    except FileNotFoundError:
+    except DataNotFoundError:
         pass
     archive = Path(archive).expanduser()
     if not archive.is_file():
-        raise FileNotFoundError(f"archive {archive} not found")
+        raise DataNotFoundError(f"archive {archive} not found")
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
         try:
             found = find(tmp)
-        except FileNotFoundError as err:
-            raise ValueError(f"{archive} holds no CIFAR-10 layout: {err}") from err
+        except DataNotFoundError as err:
+            raise DataNotFoundError(f"{archive} holds no CIFAR-10 layout: {err}") from err
         for entry in ([found] if found.name == PICKLE_FOLDER else [found / "train", found / "test"]):
             os.replace(entry, root / entry.name)
     return find(root)
@@ -115,42 +117,42 @@ def _pickled(folder: Path, train: bool) -> Source:
     for name in names:
         path = folder / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: torchvision's CIFAR-10 python format has data_batch_1..5 "
+            raise DataNotFoundError(f"{path} is missing: torchvision's CIFAR-10 python format has data_batch_1..5 "
                                     "and test_batch")
         with open(path, "rb") as f:
             try:
                 batch = pickle.load(f, encoding="bytes")
             except Exception as err:  # a truncated or foreign file
-                raise ValueError(f"{path} is not a CIFAR-10 python batch (unpickling failed: {err})") from err
+                raise DataNotFoundError(f"{path} is not a CIFAR-10 python batch (unpickling failed: {err})") from err
         data = batch.get(b"data", batch.get("data")) if isinstance(batch, dict) else None
         found = batch.get(b"labels", batch.get("labels")) if isinstance(batch, dict) else None
         if data is None or found is None:
-            raise ValueError(f"{path} is not a CIFAR-10 python batch: expected a dict with 'data' and 'labels'")
+            raise DataNotFoundError(f"{path} is not a CIFAR-10 python batch: expected a dict with 'data' and 'labels'")
         data = np.asarray(data, dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(found):
-            raise ValueError(f"{path}: 'data' has shape {data.shape} and {len(found)} labels; expected "
+            raise DataNotFoundError(f"{path}: 'data' has shape {data.shape} and {len(found)} labels; expected "
                              "[n, 3072] uint8 (3 x 32 x 32, channels first) and n labels")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(found, dtype=np.int64))
     pixels, targets = np.concatenate(images), np.concatenate(labels)
     if targets.min() < 0 or targets.max() >= len(CLASSES):
-        raise ValueError(f"labels under {folder} lie outside 0..9")
+        raise DataNotFoundError(f"labels under {folder} lie outside 0..9")
     return Source(targets, lambda rows, progress: pixels[rows])
 
 
 def _image_folder(split: Path) -> Source:
     if not split.is_dir():
-        raise FileNotFoundError(f"{split} is missing: the image-folder layout has train/<class>/ and test/<class>/")
+        raise DataNotFoundError(f"{split} is missing: the image-folder layout has train/<class>/ and test/<class>/")
     classes = sorted(p.name for p in split.iterdir() if p.is_dir())
     if not classes:
-        raise ValueError(f"{split} has no class folders; expected {split}/<class>/*.png|jpg, e.g. {split}/cat/")
+        raise DataNotFoundError(f"{split} has no class folders; expected {split}/<class>/*.png|jpg, e.g. {split}/cat/")
     files, labels = [], []
     for c, name in enumerate(classes):
         found = sorted(p for p in (split / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         files += found
         labels += [c] * len(found)
     if not files:
-        raise ValueError(f"no .png or .jpg images in the class folders of {split}")
+        raise DataNotFoundError(f"no .png or .jpg images in the class folders of {split}")
 
     def read(rows: np.ndarray, progress: bool) -> np.ndarray:
         from PIL import Image
@@ -160,7 +162,7 @@ def _image_folder(split: Path) -> Source:
             with Image.open(files[r]) as image:
                 pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
             if out and pixels.shape != out[0].shape:
-                raise ValueError(f"{files[r]} is {pixels.shape[1]}x{pixels.shape[0]} but {files[rows[0]]} is "
+                raise DataNotFoundError(f"{files[r]} is {pixels.shape[1]}x{pixels.shape[0]} but {files[rows[0]]} is "
                                  f"{out[0].shape[1]}x{out[0].shape[0]}: all images must have one size")
             out.append(pixels)
         return np.stack(out) if out else np.zeros((0, 32, 32, 3), np.uint8)

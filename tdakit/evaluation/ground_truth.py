@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed, store
 from ..datasets import Split
+from ..errors import SettingError
 from ..grads import measurements
 from ..training import Run, even_chunks, retraining_chunk, seed_of
 from .retrain import retrain
@@ -43,7 +44,7 @@ class GroundTruth:
 def random_subsets(n: int, subsets: int, fraction: float, seed: int) -> Tensor:
     """bool [subsets, n], each row keeping round(fraction * n) points."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+        raise SettingError(f"fraction must lie in (0, 1), got {fraction}")
     g = torch.Generator().manual_seed(seed_of("subsets", seed))
     keep = max(1, round(fraction * n))
     masks = torch.zeros(subsets, n, dtype=torch.bool)
@@ -79,52 +80,57 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
     key = store.key_of("groundtruth", run_key(run), query.fingerprint(), subsets, fraction, seed)
     chunk = chunk or retraining_chunk(run.model, run.task, run.train, run.recipe.batch_size, run.final.dtype,
                                       run.final.device)
-    return collect(masks, seeds, seed, retrain_jobs, measure, key, chunk, cache, progress, "ground truth (models)")
+    return collect(masks, seeds, len(query), run.final.dtype, seed, retrain_jobs, measure, key, chunk, cache,
+                   progress, "ground truth (models)")
 
 
 def check_counts(subsets: int, seeds: int, queries: int) -> None:
     """Raise a clear error for a ground truth that would be empty or unjudgeable."""
     for name, value, least in (("subsets", subsets, 2), ("seeds", seeds, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+            raise SettingError(f"{name} must be a whole number >= {least}, got {value!r}")
     if queries == 0:
-        raise ValueError("the query split is empty; pass at least one query")
+        raise SettingError("the query split is empty; pass at least one query")
 
 
-def collect(masks: Tensor, seeds: int, seed: int, retrain_jobs: Callable[..., Tensor],
-            measure: Callable[[Tensor], Tensor], key: str, chunk: int, cache: store.CacheSpec, progress: bool,
-            desc: str) -> GroundTruth:
+def collect(masks: Tensor, seeds: int, queries: int, dtype: torch.dtype, seed: int,
+            retrain_jobs: Callable[..., Tensor], measure: Callable[[Tensor], Tensor], key: str, chunk: int,
+            cache: store.CacheSpec, progress: bool, desc: str) -> GroundTruth:
     """Run every (subset m, seed r) job through ``retrain_jobs(keep [J, N], init_seeds, order_seeds,
-    on_step) -> theta [J, P]`` in chunks, measure them (``measure(theta) -> [J, Q]``) and cache each chunk
-    atomically under ``key`` and the jobs it holds. Jobs run seed by seed, so asking again with more seeds
-    reuses every chunk already computed. The progress bar counts models and moves with every training step."""
+    on_step) -> theta [J, P]`` in chunks, measure them (``measure(theta) -> [J, queries]`` in ``dtype``) and
+    cache each chunk atomically under ``key`` and the jobs it holds. Jobs run seed by seed, so asking again
+    with more seeds reuses every chunk already computed. The progress bar counts models and moves with every
+    training step.
+
+    Under torch.distributed the chunks are dealt out to the processes (all of them cut the jobs the same way)
+    and the measurements summed; a process left without a chunk contributes zeros."""
     subsets = len(masks)
     jobs = [(m, r) for r in range(seeds) for m in range(subsets)]
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress, unit="model",
                bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}]")
-    if distributed.active():  # every process needs a chunk: smaller chunks when there are too few
-        if len(jobs) < distributed.world_size():
-            raise ValueError(f"{len(jobs)} retrainings cannot be shared by {distributed.world_size()} processes; "
-                             "ask for more subsets or seeds, or use fewer processes")
+    if distributed.active():  # smaller chunks, so that each process gets work when there is enough of it
         chunk = min(chunk, -(-len(jobs) // distributed.world_size()))
-    chunk = even_chunks(len(jobs), chunk)
+    chunk = distributed.agreed_size(even_chunks(len(jobs), chunk))
     starts = range(0, len(jobs), chunk)
     ours = set(distributed.mine(len(starts)))  # under torch.distributed each process retrains its chunks
-    values = None
+    values = torch.zeros(subsets, seeds, queries, dtype=dtype)
     for index, start in enumerate(starts):
         part = jobs[start:start + chunk]
         if index not in ours:
             continue
         done_before = bar.n
 
-        def compute(part=part) -> dict:
+        def advance(models: float, part=part, done_before=done_before) -> None:
+            # a training step moves the bar by its share of a model; float sums of those shares can pass the
+            # chunk's end (tqdm then warns), so the bar stops at the chunk's end and is set exactly below
+            bar.update(max(0.0, min(models, done_before + len(part) - bar.n)))
+
+        def compute(part=part, advance=advance) -> dict:
             theta = retrain_jobs(masks[[m for m, _ in part]], [seed_of("init", seed, r) for _, r in part],
-                                 [seed_of("order", seed, m, r) for m, r in part], bar.update)
+                                 [seed_of("order", seed, m, r) for m, r in part], advance)
             return {"values": measure(theta).cpu()}
 
         got = store.cached(cache, "groundtruth", store.key_of(key, part), compute)["values"]
-        if values is None:
-            values = torch.zeros(subsets, seeds, got.shape[1], dtype=got.dtype)
         for (m, r), row in zip(part, got, strict=True):
             values[m, r] = row
         bar.update(done_before + len(part) - bar.n)  # exact count (a cached chunk arrives at once)

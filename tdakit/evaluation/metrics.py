@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .ground_truth import GroundTruth
 
 
@@ -23,7 +24,7 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman correlation along the last dimension: [..., M] x [..., M] -> [...]; 0 where either
     side is constant (no ranking to compare)."""
     if a.shape != b.shape:
-        raise ValueError(f"cannot correlate shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InputError(f"cannot correlate shapes {tuple(a.shape)} and {tuple(b.shape)}")
     ra, rb = rankdata(a), rankdata(b)
     ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
     denom = ra.norm(dim=-1) * rb.norm(dim=-1)
@@ -62,7 +63,7 @@ def lds(scores, truth: GroundTruth, seed: int = 0) -> Interval:
     between predicted and retrained measurements. ``scores``: Scores or Tensor [Q, N]."""
     values = scores if isinstance(scores, Tensor) else scores.values
     if values.shape != (truth.values.shape[2], truth.masks.shape[1]):
-        raise ValueError(f"scores {tuple(values.shape)} do not match the ground truth's "
+        raise InputError(f"scores {tuple(values.shape)} do not match the ground truth's "
                          f"{truth.values.shape[2]} queries x {truth.masks.shape[1]} training points")
     per_query = spearman(predictions(values.detach().double().cpu(), truth.masks).T, truth.mean.double().T)
     return bootstrap(per_query, seed=seed)
@@ -87,7 +88,7 @@ def reliability(truth: GroundTruth, splits: int = 20, seed: int = 0) -> Reliabil
     """Split the R seeds in random halves ``splits`` times; see ``Reliability``."""
     R = truth.num_seeds
     if R < 2:
-        raise ValueError("reliability needs at least 2 seeds per subset")
+        raise InputError("reliability needs at least 2 seeds per subset")
     g = torch.Generator().manual_seed(seed)
     per_query = []
     for _ in range(splits):
@@ -102,5 +103,5 @@ def reliability(truth: GroundTruth, splits: int = 20, seed: int = 0) -> Reliabil
 def paired_difference(a: Interval, b: Interval, seed: int = 0) -> Interval:
     """a - b on the same queries (paired), with a bootstrap 95% interval: is a really ahead of b?"""
     if a.per_query.shape != b.per_query.shape:
-        raise ValueError("paired_difference needs two results on the same queries")
+        raise InputError("paired_difference needs two results on the same queries")
     return bootstrap(a.per_query - b.per_query, seed=seed)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..datasets import Split
+from ..errors import SettingError
 from ..grads import measurements
 from ..training import Run, seed_of
 from .retrain import retrain, retrain_reweighted
@@ -49,7 +50,7 @@ def retrained_measurements(run: Run, query: Split, removed: Sequence[int] | Tens
     counterfactual exact unrolling linearises: [1, Q]. An empty ``removed`` gives the full-data reference.
     on_step(models / T) after every training step (progress bars; an exception raised there stops the work)."""
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}: 'fresh' (new seeds) or 'same' (the recorded trajectory)")
+        raise SettingError(f"kind must be one of {KINDS}: 'fresh' (new seeds) or 'same' (the recorded trajectory)")
     removed = _check_points(removed, run.num_train)
     if kind == "same":
         weights = run.weights.detach().clone().to(run.final.dtype)[None]
@@ -57,7 +58,7 @@ def retrained_measurements(run: Run, query: Split, removed: Sequence[int] | Tens
         theta = retrain_reweighted(run, weights, progress=progress, on_step=on_step)
     else:
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-            raise ValueError(f"seeds must be a whole number >= 1, got {seeds!r}")
+            raise SettingError(f"seeds must be a whole number >= 1, got {seeds!r}")
         keep = torch.ones(seeds, run.num_train, dtype=torch.bool)
         keep[:, removed] = False
         theta = retrain(run, keep, [seed_of("init", seed, r) for r in range(seeds)],
@@ -69,7 +70,7 @@ def retrained_measurements(run: Run, query: Split, removed: Sequence[int] | Tens
 def _check_points(points: Sequence[int] | Tensor, n: int) -> Tensor:
     points = torch.as_tensor(points, dtype=torch.long).reshape(-1)
     if len(points) and (points.min() < 0 or points.max() >= n):
-        raise ValueError(f"training point indices must lie in 0..{n - 1}")
+        raise SettingError(f"training point indices must lie in 0..{n - 1}")
     return points
 
 
@@ -82,8 +83,8 @@ def leave_one_out(run: Run, query: Split, points: Sequence[int], seeds: int = 5,
     fresh models on N - 1 points (and on all N) and average.
     """
     points = _check_points(points, run.num_train)
-    if trajectory_specific:
-        weights = torch.ones(len(points) + 1, run.num_train)
+    if trajectory_specific:  # the run's own weights (it may already leave points out), each point set to 0
+        weights = run.weights.detach().cpu().to(torch.float64).expand(len(points) + 1, -1).clone()
         weights[torch.arange(len(points)), points] = 0.0
         theta = retrain_reweighted(run, weights, progress=progress)
         f = measurements(run.model, run.task, theta, query.to(theta.dtype))
@@ -125,7 +126,7 @@ def subset_removal(run: Run, query: Split, scores, ks: Sequence[int], seeds: int
     values = scores if isinstance(scores, Tensor) else scores.values
     ks = [int(k) for k in ks]
     if max(ks) >= run.num_train or min(ks) < 1:
-        raise ValueError(f"k must lie in 1..{run.num_train - 1} (there are {run.num_train} points), got {ks}")
+        raise SettingError(f"k must lie in 1..{run.num_train - 1} (there are {run.num_train} points), got {ks}")
     picks = {k: most_harmful_to_remove(values, k, run.task.higher_is_better) for k in ks}
     removed = [picks[k][q] for k in ks for q in range(len(query))]
     full, after = _full_and_removed(run, query, removed, seeds, seed, progress)
@@ -140,7 +141,7 @@ def random_removal(run: Run, query: Split, ks: Sequence[int], seeds: int = 3, se
     """The baseline: remove k random points (one draw per k, shared by all queries and seeds)."""
     ks = [int(k) for k in ks]
     if max(ks) >= run.num_train or min(ks) < 1:
-        raise ValueError(f"k must lie in 1..{run.num_train - 1} (there are {run.num_train} points), got {ks}")
+        raise SettingError(f"k must lie in 1..{run.num_train - 1} (there are {run.num_train} points), got {ks}")
     g = torch.Generator().manual_seed(seed_of("random-removal", seed))
     removed = [torch.randperm(run.num_train, generator=g)[:k] for k in ks]
     full, after = _full_and_removed(run, query, removed, seeds, seed, progress)

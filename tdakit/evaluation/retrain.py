@@ -1,8 +1,8 @@
 """Retraining with the run's recipe: the counterfactual every estimate is judged against.
 
-``retrain`` trains one model per row of ``keep`` on the kept points only (a fresh batch order over
-them, the same batch size, epochs and schedule), vmap-batched. Models with the same number of kept
-points share a step count and train together in chunks. ``retrain_reweighted`` keeps the run's own
+``retrain`` trains one model per row of ``keep`` on the kept points only (a fresh batch order over them, the
+same batch size, epochs and schedule, the run's own weights w_i), vmap-batched. Models with the same number of
+kept points share a step count and train together in chunks. ``retrain_reweighted`` keeps the run's own
 init and batch order and sets w_i = 0 for removed points (trajectory-specific counterfactuals).
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..training import Run, batch_order, even_chunks, retraining_chunk, train_many
 
 
@@ -24,10 +25,10 @@ def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None =
     on_step: see ``train_many``."""
     keep = torch.as_tensor(keep, dtype=torch.bool)
     if keep.dim() != 2 or keep.shape[1] != run.num_train:
-        raise ValueError(f"keep must be a bool mask [J, {run.num_train}], got {tuple(keep.shape)}")
+        raise InputError(f"keep must be a bool mask [J, {run.num_train}], got {tuple(keep.shape)}")
     counts = keep.sum(1)
     if (counts == 0).any():
-        raise ValueError("a retraining would keep no training points; remove fewer points")
+        raise InputError("a retraining would keep no training points; remove fewer points")
     device = run.final.device
     out = torch.empty(len(keep), run.model.num_params, dtype=run.final.dtype, device=device)
     r = run.recipe
@@ -40,7 +41,8 @@ def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None =
             inits = torch.stack([run.model.init(int(init_seeds[j]), run.final.dtype) for j in part]).to(device)
             orders = torch.stack([batch_order(keep[j].nonzero()[:, 0], r.batch_size, r.epochs,
                                               int(order_seeds[j])) for j in part])
-            out[part] = train_many(run.model, run.train, r, run.task, inits, orders, progress=progress,
+            weights = run.weights.to(device, run.final.dtype).expand(len(part), -1)  # the run's own w_i
+            out[part] = train_many(run.model, run.train, r, run.task, inits, orders, weights, progress=progress,
                                    desc=f"{desc} {s + len(part)}/{len(rows)}", on_step=on_step)
     return out
 

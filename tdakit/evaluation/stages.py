@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .. import store
 from ..datasets import Split
+from ..errors import InputError
 from ..grads import measurements
 from ..stages import StagedRun
 from ..training import batch_order, even_chunks, retraining_chunk, seed_of, train_many
@@ -29,10 +30,10 @@ def retrain_stages(staged: StagedRun, stage: int, keep: Tensor, init_seeds: Sequ
     keep = torch.as_tensor(keep, dtype=torch.bool)
     n_stage = staged.runs[stage].num_train
     if keep.dim() != 2 or keep.shape[1] != n_stage:
-        raise ValueError(f"keep must be a bool mask [J, {n_stage}] over stage {stage}'s points, got "
+        raise InputError(f"keep must be a bool mask [J, {n_stage}] over stage {stage}'s points, got "
                          f"{tuple(keep.shape)}")
     if (keep.sum(1) == 0).any():
-        raise ValueError(f"a retraining would keep none of stage {stage}'s points; remove fewer points")
+        raise InputError(f"a retraining would keep none of stage {stage}'s points; remove fewer points")
     model, dtype = staged.model, staged.final.dtype
     device = staged.final.device
     out = torch.empty(len(keep), model.num_params, dtype=dtype, device=device)
@@ -74,6 +75,6 @@ def groundtruth_stages(staged: StagedRun, query: Split, stage: int | str, subset
                                       staged.runs[s].recipe.batch_size, staged.final.dtype, staged.final.device)
     key = store.key_of("groundtruth-stages", [run_key(r) for r in staged.runs], s, query.fingerprint(), subsets,
                        fraction, seed)
-    return collect(masks, seeds, seed, retrain_jobs,
+    return collect(masks, seeds, len(query), staged.final.dtype, seed, retrain_jobs,
                    lambda theta: measurements(staged.model, staged.task, theta, query.to(device=theta.device)),
                    key, chunk, cache, progress, f"ground truth, stage {s} (pipelines)")

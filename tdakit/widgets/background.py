@@ -4,7 +4,10 @@ A click that starts slow work (retraining, refitting curvature) hands a job to `
 job runs on a daemon thread while the controls stay live. A request made while a job runs supersedes it:
 the running job is asked to stop at its next ``checkpoint()`` and its result is dropped; only the newest
 pending request runs next. Results and errors come back through callbacks on the worker thread (widget
-state set from there is sent to the browser by ipywidgets).
+state set from there is sent to the browser by ipywidgets). A ``TdakitError`` (a problem the user can fix) goes to
+the job's ``failed`` callback and the explorer shows it as a message; any other exception is a bug: ``failed``
+still hears of it (so the explorer can say that something broke), and then it surfaces -- raised to the caller
+when the work runs on the caller's thread, its traceback printed to stderr from the worker thread.
 
 ``Background(threaded=False)`` runs every job at once on the caller's thread: what tests and headless use
 do, with the same callbacks.
@@ -13,9 +16,12 @@ do, with the same callbacks.
 from __future__ import annotations
 
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from ..errors import TdakitError
 
 
 class Superseded(Exception):  # noqa: N818  (a signal, not a failure)
@@ -84,18 +90,24 @@ class Background:
 
     def _drain(self) -> None:
         self.on_busy(True)
-        while True:
+        try:
+            while True:
+                with self._lock:
+                    job, self._pending = self._pending, None
+                    if job is None:
+                        self._running = False
+                        break
+                self._run(job)
+        except BaseException:  # a bug raised to the caller (threaded=False): the worker is left idle, not stuck
             with self._lock:
-                job, self._pending = self._pending, None
-                if job is None:
-                    self._running = False
-                    break
-            self._run(job)
-        with self._lock:
-            idle = not self._running  # a request that came after the loop ended started its own worker
-        if idle:
-            self.on_busy(False)
-            self._idle.set()
+                self._pending, self._running = None, False
+            raise
+        finally:
+            with self._lock:
+                idle = not self._running  # a request that came after the loop ended started its own worker
+            if idle:
+                self.on_busy(False)
+                self._idle.set()
 
     def _run(self, job: Job) -> None:
         try:
@@ -104,9 +116,16 @@ class Background:
             with self._lock:
                 self.dropped += 1
             return
-        except Exception as error:  # shown in the widget; the explorer stays usable
+        except TdakitError as error:  # the user can fix it: shown in the widget, the explorer stays usable
             if not job.superseded:
                 job.failed(error)
+            return
+        except Exception as error:  # a bug: reported, then surfaced (never passed off as a hint)
+            if not job.superseded:
+                job.failed(error)
+            if not self.threaded:
+                raise
+            traceback.print_exception(error)
             return
         if job.superseded:
             with self._lock:

@@ -16,6 +16,7 @@ from ipyevents import Event
 from IPython.display import display
 
 from ..datasets import Dataset
+from ..errors import SettingError, TdakitError
 from ..task import Classification
 from ..whatif import SIDES, Trial, WhatIf
 from . import views
@@ -126,7 +127,7 @@ class DeletionExplorer:
         q, m, k, s, kd = self.query.value, self.method.value, self.k.value, self.side.value, self.kind.value
         try:  # the quick checks here, so that a mistake is a message at once; scoring runs in the background
             self.whatif.check(method=m, k=k)
-        except ValueError as error:
+        except TdakitError as error:
             self._error(str(error))
             return
 
@@ -145,7 +146,7 @@ class DeletionExplorer:
         q, kd = self.query.value, self.kind.value
         try:
             chosen = self.whatif.choose(q, points=chosen)
-        except ValueError as error:
+        except TdakitError as error:
             self._error(str(error))
             return
         self._start_deletion(q, kd, f"{len(chosen)} points picked by hand", points=chosen)
@@ -154,7 +155,7 @@ class DeletionExplorer:
         """Press "Undo": forget the last deletion."""
         try:
             gone = self.whatif.undo()
-        except ValueError as error:
+        except TdakitError as error:
             self._error(str(error))
             return
         self.last = self.whatif.history[-1] if self.whatif.history else None
@@ -182,13 +183,16 @@ class DeletionExplorer:
             self.k.value = k
         if side is not None:
             if side not in SIDES:
-                raise ValueError(f"side must be 'helpful' or 'harmful', got {side!r}")
+                raise SettingError(f"side must be 'helpful' or 'harmful', got {side!r}")
             self.side.value = side
         if kind is not None:
             self.kind.value = kind
 
     def _error(self, message: str) -> None:
         self.status.value = views.error_html(message)
+
+    def _failed(self, error: BaseException) -> None:
+        self.status.value = views.failure_html(error)
 
     def _busy(self, busy: bool) -> None:
         self.progress.layout.visibility = "visible" if busy else "hidden"
@@ -231,7 +235,7 @@ class DeletionExplorer:
         q, m, k = self.query.value, self.method.value, self.k.value
         try:
             self.whatif.check(method=m, k=k)
-        except ValueError as error:
+        except TdakitError as error:
             self._error(str(error))
             return
 
@@ -241,7 +245,7 @@ class DeletionExplorer:
             job.checkpoint()
             return helpful, harmful, self.whatif.scores(m).values[q]
 
-        self._show.submit(work, lambda got: self._show_points(q, m, *got), lambda e: self._error(str(e)))
+        self._show.submit(work, lambda got: self._show_points(q, m, *got), self._failed)
 
     def _show_points(self, q: int, m: str, helpful: list[int], harmful: list[int], row) -> None:
         self.blamed_points = (helpful, harmful)
@@ -290,7 +294,7 @@ class DeletionExplorer:
                     self.progress.value = min(fraction, 1.0)
             return wi.delete(query, kind=kind, on_step=on_step, **selection)
 
-        self._work.submit(work, self._show_trial, lambda e: self._error(str(e)))
+        self._work.submit(work, self._show_trial, self._failed)
 
     def _show_trial(self, trial: Trial) -> None:
         self.last = trial

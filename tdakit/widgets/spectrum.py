@@ -100,7 +100,7 @@ class IFToSourceExplorer:
         self._worker.submit(work, self._show, self._failed)
 
     def _failed(self, error: BaseException) -> None:
-        self.status.value = views.error_html(str(error))
+        self.status.value = views.failure_html(error)
 
     def _show(self, got) -> None:
         view, png = got

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .. import plots
 from ..datasets import Dataset, Split
+from ..errors import TdakitError
 from ..task import Classification, Regression, Task
 
 
@@ -264,6 +265,14 @@ def as_float_images(split: Split, shape: Sequence[int]) -> Tensor:
 
 def error_html(message: str) -> str:
     return f"<div class='tdakit-error' style='color:#b00020'>⚠ {html.escape(message)}</div>"
+
+
+def failure_html(error: BaseException) -> str:
+    """A failed request: a ``TdakitError``'s message (what to fix), or, for anything else, that tdakit hit a bug."""
+    if isinstance(error, TdakitError):
+        return error_html(str(error))
+    return error_html(f"tdakit hit an internal error ({type(error).__name__}: {error}); this is a bug, not "
+                      "something to fix in your input: the traceback is in the log")
 
 
 def info_html(message: str) -> str:
