@@ -11,8 +11,8 @@ import torch
 from common import median_seconds
 
 import tdakit
-from tdakit.curvature.kronecker import layer_gradient_factors
 from tdakit.grads import loss_grads
+from tdakit.layers import gradient_factors
 from tdakit.models import FlatModel
 
 
@@ -21,13 +21,13 @@ def main() -> None:
     data = setting.data()
     model, task = FlatModel(setting.model(784)), setting.task
     theta = model.init(0)
-    slots, _ = model.layers()
+    slots, _ = tdakit.layers.factored(model)
     for n in (128, 512):
         part = data.train.subset(slice(0, n))
         _, t_vmap = median_seconds(lambda part=part, n=n: loss_grads(model, task, theta, part, chunk=n), 5)
 
         def hooks(part=part):
-            inputs, grads = layer_gradient_factors(model, task, theta, part, "empirical", slots)
+            inputs, grads = gradient_factors(model, task, theta, part, "empirical", slots)
             return [torch.einsum("nto,nti->noi", d[0], a) for a, d in zip(inputs, grads, strict=True)]
 
         _, t_hooks = median_seconds(hooks, 5)

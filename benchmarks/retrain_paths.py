@@ -35,16 +35,16 @@ def settings():
     cnn = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1),
                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 7 * 7, 10))
     return [
-        ("Concrete MLP 2 x 32", tdakit.models.mlp(8, (32, 32), 1), concrete.train, tdakit.Regression(), 32),
-        ("Concrete MLP 3 x 128 (paper)", tdakit.models.mlp(8, (128, 128, 128), 1), concrete.train,
+        ("Concrete MLP 2 x 32", tdakit.zoo.mlp(8, (32, 32), 1), concrete.train, tdakit.Regression(), 32),
+        ("Concrete MLP 3 x 128 (paper)", tdakit.zoo.mlp(8, (128, 128, 128), 1), concrete.train,
          tdakit.Regression(), 32),
-        ("MNIST MLP 64", tdakit.models.mlp(784, (64,), 10), flat_mnist, tdakit.Classification(), 64),
-        ("MNIST MLP 256 x 128", tdakit.models.mlp(784, (256, 128), 10), flat_mnist, tdakit.Classification(), 64),
-        ("MNIST MLP 512-256-128 (paper)", tdakit.models.mlp(784, (512, 256, 128), 10), flat_mnist,
+        ("MNIST MLP 64", tdakit.zoo.mlp(784, (64,), 10), flat_mnist, tdakit.Classification(), 64),
+        ("MNIST MLP 256 x 128", tdakit.zoo.mlp(784, (256, 128), 10), flat_mnist, tdakit.Classification(), 64),
+        ("MNIST MLP 512-256-128 (paper)", tdakit.zoo.mlp(784, (512, 256, 128), 10), flat_mnist,
          tdakit.Classification(), 64),
-        ("MNIST MLP 1024 x 1024", tdakit.models.mlp(784, (1024, 1024), 10), flat_mnist, tdakit.Classification(), 64),
+        ("MNIST MLP 1024 x 1024", tdakit.zoo.mlp(784, (1024, 1024), 10), flat_mnist, tdakit.Classification(), 64),
         ("MNIST CNN 8-16", cnn, image, tdakit.Classification(), 64),
-        ("ResNet-9 width 8 (cifar10_cpu), 32 x 32 images", tdakit.models.resnet9(10, 3, 8), pictures,
+        ("ResNet-9 width 8 (cifar10_cpu), 32 x 32 images", tdakit.zoo.resnet9(10, 3, 8), pictures,
          tdakit.Classification(), 64),
     ]
 

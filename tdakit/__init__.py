@@ -6,16 +6,17 @@ w = 1, the effect of up-weighting training point i on query q's measurement, in 
 units; removing a set S is predicted to change f_q by -sum_{i in S} score[q, i].
 """
 
-from . import attribution, curvature, datasets, evaluation, presets, stages, store
+from . import attribution, curvature, datasets, evaluation, layers, presets, stages, store, zoo
 from .attribution import METHODS, Scores, attribute, attribute_many, ensemble, register_method
 from .errors import TdakitError
 from .evaluation import groundtruth, groundtruth_stages, lds, leave_one_out, reliability, subset_removal
 from .experiment import Experiment, Table, run_experiment
-from .models import FlatModel, mlp
+from .models import FlatModel
 from .presets import preset
 from .stages import Stage, StagedRun, train_stages, train_stages_ensemble
 from .task import Classification, Regression, Task
 from .training import Recipe, Run, train, train_ensemble
+from .zoo import mlp
 
 __version__ = "0.2.0"
 
@@ -33,5 +34,5 @@ __all__ = [
     # errors a user can fix (a ValueError)
     "TdakitError",
     # submodules
-    "attribution", "curvature", "datasets", "evaluation", "presets", "stages", "store",
+    "attribution", "curvature", "datasets", "evaluation", "layers", "presets", "stages", "store", "zoo",
 ]

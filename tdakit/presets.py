@@ -35,10 +35,10 @@ from . import datasets
 from .datasets import Dataset, Split
 from .errors import SettingError
 from .experiment import Method
-from .models import mlp, resnet9
 from .stages import Stage, StagedRun, train_stages
 from .task import Classification, Regression, Task
 from .training import Recipe, Run, train
+from .zoo import mlp, resnet9
 
 
 def paper_methods(curvature: str) -> dict[str, Method]:

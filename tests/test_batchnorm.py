@@ -8,8 +8,9 @@ from torch import nn
 import tdakit
 from tdakit.datasets import Split
 from tdakit.grads import loss_grads, measurements
-from tdakit.models import FlatModel, resnet9
+from tdakit.models import FlatModel
 from tdakit.unroll import replay
+from tdakit.zoo import resnet9
 
 from . import references
 
@@ -130,7 +131,7 @@ def test_resnet9_is_the_paper_model_and_its_norms_are_left_out_of_the_kronecker_
     model = FlatModel(resnet9())
     assert model.num_trainable == 6_573_120  # the paper's ResNet-9 (6.57M parameters)
     small = FlatModel(resnet9(width=4))
-    slots, excluded = small.layers()
+    slots, excluded = tdakit.layers.factored(small)
     assert [s.name for s in slots] == ["0.0", "1.0", "3.block.0.0", "3.block.1.0", "4.0", "6.0", "8.block.0.0",
                                        "8.block.1.0", "11"]
     covered = sum(s.stop - s.start for s in excluded) + sum(
@@ -149,14 +150,14 @@ def tiny_resnet9_run():
 
 def test_resnet9_hook_gradients_equal_a_loop_of_autograd(tiny_resnet9_run):
     """In-place ReLU and in-place residual adds: the hooks' per-example layer gradients d a^T equal autograd's."""
-    from tdakit.curvature.kronecker import layer_gradient_factors
+    from tdakit.layers import gradient_factors
 
     run, data = tiny_resnet9_run
     few = data.subset(slice(0, 5))
     reference = references.loop_grads(run.model, run.task, run.final, few)
     assert torch.allclose(loss_grads(run.model, run.task, run.final, few, chunk=2), reference, atol=1e-12)
-    slots, _ = run.model.layers()
-    inputs, grads = layer_gradient_factors(run.model, run.task, run.final, few, "empirical", slots)
+    slots, _ = tdakit.layers.factored(run.model)
+    inputs, grads = gradient_factors(run.model, run.task, run.final, few, "empirical", slots)
     for slot, a, d in zip(slots, inputs, grads, strict=True):
         assert torch.allclose(torch.einsum("nto,nti->noi", d[0], a), slot.matrix(reference), atol=1e-12), slot.name
 

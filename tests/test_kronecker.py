@@ -8,10 +8,10 @@ from torch import nn
 
 import tdakit
 from tdakit import curvature as curv
-from tdakit.curvature.kronecker import layer_gradient_factors
 from tdakit.datasets import Split
 from tdakit.evaluation import spearman
 from tdakit.grads import loss_grads
+from tdakit.layers import gradient_factors
 from tdakit.models import FlatModel
 
 from . import references
@@ -96,8 +96,8 @@ def test_per_example_gradients_equal_a_loop_of_autograd(module, image):
     theta = model.init(3, torch.float64)
     reference = references.loop_grads(model, task, theta, data)
     assert torch.allclose(loss_grads(model, task, theta, data, chunk=3), reference, atol=1e-12)  # torch.func
-    slots, _ = model.layers()
-    inputs, grads = layer_gradient_factors(model, task, theta, data, "empirical", slots)  # hooks
+    slots, _ = tdakit.layers.factored(model)
+    inputs, grads = gradient_factors(model, task, theta, data, "empirical", slots)  # hooks
     for slot, a, d in zip(slots, inputs, grads, strict=True):
         G = torch.einsum("nto,nti->noi", d[0], a)
         assert torch.allclose(G, slot.matrix(reference), atol=1e-12)

@@ -59,7 +59,7 @@ def test_factored_products_equal_flat_gradient_products(case):
 
 def test_the_split_covers_every_parameter_once():
     model = tdakit.models.FlatModel(Reused())
-    slots, rest = model.hook_split()
+    slots, rest = tdakit.layers.hook_split(model)
     assert [s.name for s in slots] == ["conv", "square", "head"]
     covered = torch.zeros(model.num_trainable, dtype=torch.int64)
     for s in slots:
@@ -75,7 +75,7 @@ def test_hooks_need_a_factorable_layer_and_untied_weights():
     data = image_data(8)
     run = tdakit.train(model, data, tdakit.Recipe(epochs=1, batch_size=8), tdakit.Classification(), checkpoints=2,
                        progress=False, cache=False)
-    assert run.model.hook_split() is None
+    assert tdakit.layers.hook_split(run.model) is None
     spec, full = _prepare(run, data, "grad_dot", {}, False)
     plan = spec.compute(run, data, **full)
     with pytest.raises(ValueError, match="gradients='hooks' needs"):
@@ -83,21 +83,21 @@ def test_hooks_need_a_factorable_layer_and_untied_weights():
     assert torch.allclose(evaluate([plan])[0], evaluate([plan], gradients="vmap")[0])  # auto falls back
     tied = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
     tied[2].weight = tied[0].weight
-    assert tdakit.models.FlatModel(tied).hook_split() is None
+    assert tdakit.layers.hook_split(tdakit.models.FlatModel(tied)) is None
 
 
 def test_trak_features_from_layer_factors_equal_projected_flat_gradients():
     from tdakit.attribution.trak import _projections, project, project_factors
-    from tdakit.curvature.kronecker import layer_gradient_factors
     from tdakit.grads import loss_grads
+    from tdakit.layers import gradient_factors
 
     data = image_data(10)
     model, task = tdakit.models.FlatModel(bn_cnn()), tdakit.Classification()
     theta = model.init(0, torch.float64)
-    slots, _ = model.layers()
+    slots, _ = tdakit.layers.factored(model)
     proj = _projections(slots, 3, 0, torch.float64, "cpu")  # 3 rows/columns: every layer is projected
     flat = project(slots, proj, loss_grads(model, task, theta, data))
-    factored = project_factors(slots, proj, *layer_gradient_factors(model, task, theta, data, "empirical", slots))
+    factored = project_factors(slots, proj, *gradient_factors(model, task, theta, data, "empirical", slots))
     assert flat.shape == factored.shape and torch.allclose(flat, factored, rtol=1e-10, atol=1e-13)
 
 

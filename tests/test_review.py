@@ -12,9 +12,9 @@ from torch import nn
 import tdakit
 from tdakit import curvature as curv
 from tdakit.attribution import checkpoint_rates, segments_of
-from tdakit.curvature.kronecker import layer_gradient_factors
 from tdakit.datasets import Split
 from tdakit.evaluation import spearman
+from tdakit.layers import gradient_factors
 from tdakit.models import FlatModel
 from tdakit.unroll import replay
 
@@ -66,8 +66,8 @@ class Tied(nn.Module):
 
 
 def _hook_gradients(model: FlatModel, theta, data):
-    slots, _ = model.layers()
-    inputs, grads = layer_gradient_factors(model, tdakit.Classification(), theta, data, "empirical", slots)
+    slots, _ = tdakit.layers.factored(model)
+    inputs, grads = gradient_factors(model, tdakit.Classification(), theta, data, "empirical", slots)
     out = torch.zeros(len(data), model.num_params, dtype=torch.float64)
     for slot, a, d in zip(slots, inputs, grads, strict=True):
         slot.scatter(torch.einsum("nto,nti->noi", d[0], a), out)
@@ -111,7 +111,7 @@ def test_ekfac_of_a_reused_block_is_the_exact_curvature_diagonal_in_its_basis():
 def test_parameters_shared_by_two_layers_are_refused_by_name():
     model = FlatModel(Tied())
     with pytest.raises(tdakit.TdakitError, match="layer 'a' shares its parameter 'weight' with layer 'b'"):
-        model.layers()
+        tdakit.layers.factored(model)
 
 
 def test_checkpoints_are_kept_sorted_and_unsorted_runs_are_refused(small_regression):

@@ -138,14 +138,14 @@ def test_default_score_products_equal_flat_gradients(name):
 
 def test_the_probe_finds_every_use_outside_a_modules_own_call():
     x = classification_data(2).x
-    assert FlatModel(TiedDecoder()).outside_uses(x) == {"encode.weight": {"the model's own forward"}}
+    assert tdakit.layers.outside_uses(FlatModel(TiedDecoder()), x) == {"encode.weight": {"the model's own forward"}}
     attention = FlatModel(Attention())
-    uses = attention.outside_uses(sequence_data(2).x)
+    uses = tdakit.layers.outside_uses(attention, sequence_data(2).x)
     assert set(uses) == {"attn.out_proj.weight", "attn.out_proj.bias"} and uses["attn.out_proj.weight"] == {"attn"}
-    slots, rest = attention.hook_split(sequence_data(2).x)
+    slots, rest = tdakit.layers.hook_split(attention, sequence_data(2).x)
     assert [s.name for s in slots] == ["embed", "head"]
     assert len(rest) == 3 * 8 * 8 + 3 * 8 + 8 * 8 + 8  # in_proj weight and bias, out_proj weight and bias
-    assert FlatModel(tdakit.mlp(3, (4,), 2)).outside_uses(torch.zeros(1, 3)) == {}
+    assert tdakit.layers.outside_uses(FlatModel(tdakit.mlp(3, (4,), 2)), torch.zeros(1, 3)) == {}
 
 
 def test_kronecker_backends_refuse_shared_weights_and_the_suggested_fix_works():
@@ -182,8 +182,8 @@ def test_a_layer_whose_parent_uses_its_weight_is_refused_with_where():
     model = FlatModel(ReadsAnotherLayersWeight())
     with pytest.raises(tdakit.TdakitError, match=r"'out_proj'.*used outside its own forward call \(inside "
                                                  r"\"the model's own forward\"\)"):
-        model.layers(example=torch.zeros(1, 5))
-    assert model.hook_split(torch.zeros(1, 5)) is None  # no layer left for hooks: flat torch.func gradients
+        tdakit.layers.factored(model, example=torch.zeros(1, 5))
+    assert tdakit.layers.hook_split(model, torch.zeros(1, 5)) is None  # no layer for hooks: flat torch.func
 
 
 def test_per_example_gradients_of_tied_weights_sum_both_uses():

@@ -22,11 +22,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import distributed, hardware
-from ..curvature.kronecker import layer_gradient_factors
 from ..datasets import Split
 from ..errors import ModelError, SettingError
 from ..grads import loss_grads, loss_grads_at, rows_per_chunk
-from ..models import FlatModel, LayerSlot
+from ..layers import LayerSlot, gradient_factors, hook_split
+from ..models import FlatModel
 from ..task import Task
 
 
@@ -84,7 +84,7 @@ def evaluate(plans: Sequence[Plan], chunk: int | None = None, progress: bool = F
     for first, theta, members in tqdm(groups, desc="gradient products", disable=not progress, leave=False):
         u = torch.cat([term.u.to(theta.dtype) for _, term in members])  # [sum of Q, P]
         data = first.data.to(theta.dtype, theta.device)
-        split = None if gradients == "vmap" else first.model.hook_split(data.x[:1])
+        split = None if gradients == "vmap" else hook_split(first.model, data.x[:1])
         if gradients == "hooks" and split is None:
             raise ModelError("gradients='hooks' needs an nn.Linear or nn.Conv2d layer whose weight only its own call "
                              "uses; use gradients='auto'")
@@ -127,7 +127,7 @@ class FactoredQueries:
         """How many examples one pass takes: the largest per-example tensor of any layer (its inputs and
         output gradients, its per-example matrix or its [Q, out] products) and the other parameters'
         gradients, within the device's budget (``hardware.element_budget``)."""
-        inputs, grads = layer_gradient_factors(self.model, task, theta, data.subset(slice(0, 1)), "empirical",
+        inputs, grads = gradient_factors(self.model, task, theta, data.subset(slice(0, 1)), "empirical",
                                                self.slots)
         q = self.u_rest.shape[0]
         largest = max(a.numel() + d.numel() + (q * b.shape[1] if a.shape[1] == 1 else b[0].numel())
@@ -141,7 +141,7 @@ class FactoredQueries:
         One position (nn.Linear): d_i^T U a_i, as (a U^T) then a product with d, so no per-example matrix is
         formed (Q n out in multiply-adds). Several positions (nn.Conv2d): G_i = sum_t d_it a_it^T first
         (n T out in), then <U, G_i> (Q n out in), cheaper than contracting every position with every query."""
-        inputs, grads = layer_gradient_factors(self.model, task, theta, data, "empirical", self.slots)
+        inputs, grads = gradient_factors(self.model, task, theta, data, "empirical", self.slots)
         out = torch.zeros(self.u_rest.shape[0], len(data), dtype=torch.float64, device=theta.device)
         for block, a, d in zip(self.blocks, inputs, grads, strict=True):
             q, o, i = block.shape

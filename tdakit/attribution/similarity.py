@@ -20,6 +20,7 @@ from torch.func import grad, vmap
 from ..datasets import Split
 from ..errors import ModelError
 from ..grads import loss_grads, measurement_grads, rows_per_chunk
+from ..layers import inputs_of
 from ..training import Run
 from .products import Plan, Term
 
@@ -50,7 +51,7 @@ def representations(run: Run, x: Tensor, theta: Tensor | None = None) -> Tensor:
     linear = [name for name, m in run.model.network.named_modules() if isinstance(m, nn.Linear)]
     if not linear:
         raise ModelError("representation similarity needs a model whose head is an nn.Linear layer")
-    return run.model.inputs_of(linear[-1], theta, x.to(theta.dtype)).reshape(len(x), -1)
+    return inputs_of(run.model, linear[-1], theta, x.to(theta.dtype)).reshape(len(x), -1)
 
 
 def _output_gradients(run: Run, data: Split, of_loss: bool) -> Tensor:

@@ -19,10 +19,9 @@ import torch
 from torch import Tensor
 
 from .. import distributed
-from ..curvature.kronecker import layer_gradient_factors
 from ..datasets import Split
 from ..grads import measurement_grads, rows_per_chunk
-from ..models import LayerSlot
+from ..layers import LayerSlot, factored, gradient_factors
 from ..training import Run
 from .influence import check_damping, implied_damping
 
@@ -70,13 +69,13 @@ def trak_scores(run: Run, query: Split, projection: int = 32, damping: float | s
     of each layer's gradient matrix. damping: a number >= 0, "implied" (1 / sum_k eta_k/(1 - momentum))
     or "heuristic" (0.1 x the kernel's mean eigenvalue). A weighted run's kernel weights point i by w_i."""
     check_damping(damping)
-    slots, _ = run.model.layers(exclude, example=run.train.x[:1])
+    slots, _ = factored(run.model, exclude, example=run.train.x[:1])
     theta, dtype = run.final, run.final.dtype
     proj = _projections(slots, projection, seed, dtype, theta.device)
     data = run.train.to(dtype)
     chunk = distributed.agreed_size(rows_per_chunk(run.model.num_params, device=theta.device))
     starts = range(0, len(data), chunk)
-    pieces = {s: project_factors(slots, proj, *layer_gradient_factors(
+    pieces = {s: project_factors(slots, proj, *gradient_factors(
         run.model, run.task, theta, data.subset(slice(s, s + chunk)), "empirical", slots))
               for s in [starts[j] for j in distributed.mine(len(starts))]}  # all of them in one process
     width = sum((r_out.shape[0] if r_out is not None else sl.out_dim) * (r_in.shape[0] if r_in is not None else

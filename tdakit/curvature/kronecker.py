@@ -28,54 +28,16 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.func import vmap
 from tqdm.auto import tqdm
 
 from .. import distributed
 from ..datasets import Split
 from ..errors import SettingError
-from ..grads import psd_sqrt
 from ..hardware import element_budget
-from ..models import FlatModel, LayerSlot
+from ..layers import FISHERS, LayerSlot, factored, gradient_factors
+from ..models import FlatModel
 from ..task import Task
 from .base import EigenFunction, register, resolve
-
-FISHERS = ("ggn", "true", "empirical")
-
-
-def _output_directions(task: Task, outputs: Tensor, targets: Tensor, fisher: str,
-                       generator: torch.Generator) -> list[Tensor]:
-    """Per-example vectors r [n, o] to backpropagate; sum_k r_k r_k^T is the loss curvature in the outputs
-    (ggn), or r is the loss gradient with sampled (true) or observed (empirical) targets."""
-    g = outputs.detach()
-    if fisher == "ggn":
-        lam = vmap(torch.func.hessian(lambda o, y: task.loss(o[None], y[None])[0]))(g, targets)
-        root = psd_sqrt(lam)
-        return [root[:, :, k] for k in range(root.shape[-1])]
-    if fisher == "true":
-        targets = task.sample_targets(g, generator)
-    with torch.enable_grad():
-        g = g.clone().requires_grad_(True)
-        (direction,) = torch.autograd.grad(task.loss(g, targets).sum(), g)
-    return [direction]
-
-
-def layer_gradient_factors(model: FlatModel, task: Task, theta: Tensor, data: Split, fisher: str = "empirical",
-                           slots: list[LayerSlot] | None = None, generator: torch.Generator | None = None):
-    """For one chunk of data: per slot, inputs a [n, T, in] and, per output direction k, output
-    gradients d [K, n, T, out]. With fisher="empirical", G_i = sum_t d[0, i, t] a[i, t]^T is example
-    i's gradient of the layer matrix (per-example gradients from hooks)."""
-    slots = slots if slots is not None else model.layers(example=data.x[:1])[0]
-    outputs, inputs, layer_outputs = model.tap(theta, data.x, slots)
-    directions = _output_directions(task, outputs, data.y, fisher, generator)
-    flat_outputs = [out for calls in layer_outputs for out in calls]
-    grads = [[] for _ in slots]
-    for k, r in enumerate(directions):
-        got = iter(torch.autograd.grad(outputs, flat_outputs, grad_outputs=r.to(outputs.dtype),
-                                       retain_graph=k < len(directions) - 1))
-        for i, (slot, calls) in enumerate(zip(slots, layer_outputs, strict=True)):
-            grads[i].append(torch.cat([slot.output_grads(next(got)) for _ in calls], 1))  # calls as positions
-    return inputs, [torch.stack(g) for g in grads]
 
 
 @dataclass
@@ -146,7 +108,7 @@ def examples_per_chunk(model: FlatModel, task: Task, theta: Tensor, data: Split,
     """How many examples one factor pass holds: their layer inputs a [n, T, in] and output gradients
     d [K, n, T, out] (measured on one example), three times over for autograd's own tensors, within the
     device's budget (``hardware.element_budget``); at most ``cap``."""
-    inputs, grads = layer_gradient_factors(model, task, theta, data.subset(slice(0, 1)), fisher, slots,
+    inputs, grads = gradient_factors(model, task, theta, data.subset(slice(0, 1)), fisher, slots,
                                            torch.Generator().manual_seed(0))
     per_example = sum(a.numel() + d.numel() for a, d in zip(inputs, grads, strict=True))
     return max(1, min(cap, element_budget(theta.device) // (3 * per_example)))
@@ -166,7 +128,7 @@ def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Spli
     """
     if fisher not in FISHERS:
         raise SettingError(f"unknown fisher {fisher!r}; choose one of {', '.join(FISHERS)}")
-    slots, excluded = model.layers(exclude, example=data.x[:1])
+    slots, excluded = factored(model, exclude, example=data.x[:1])
     thetas = thetas.reshape(-1, thetas.shape[-1])
     data = data.to(thetas.dtype, thetas.device)
     n, count = len(data), len(thetas) * len(data)
@@ -177,7 +139,7 @@ def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Spli
 
     def factors(c: int, s: int):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + c * 10_007 + s)
-        inputs, grads = layer_gradient_factors(model, task, thetas[c], data.subset(slice(s, s + chunk)), fisher,
+        inputs, grads = gradient_factors(model, task, thetas[c], data.subset(slice(s, s + chunk)), fisher,
                                                slots, generator)
         if w is not None:  # G_i = sqrt(w_i) d a^T carries w_i into S and the eigenvalues
             grads = [d * w[s:s + chunk].sqrt()[None, :, None, None] for d in grads]
