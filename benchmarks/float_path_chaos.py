@@ -34,7 +34,8 @@ def train_once(preset_name: str, lr: float, dtype: str, out: str) -> None:
     setting = tdakit.preset(preset_name)
     setting = dataclasses.replace(setting, recipe=dataclasses.replace(setting.recipe, lr=lr))
     data = setting.data(progress=False)
-    query = tdakit.datasets.balanced_subset(data.query, 20)
+    query = (tdakit.datasets.balanced_subset(data.query, 20) if data.kind == "classification"
+             else data.query.subset(slice(0, 20)))
     run = setting.train(data, progress=False, cache=False, dtype=getattr(torch, dtype))
     f = measurements(run.model, run.task, run.final, query.to(run.final.dtype))
     first_var = run.model.slices[run.model.state_names[1]] if run.model.state_names else slice(0, 0)

@@ -6,7 +6,7 @@
 For each model: seconds per model-step training ``--models`` models stacked (one vmap over M models, the
 chunk ``models_per_chunk`` would give) and one at a time (train_many with M = 1, so both pay the same
 per-step bookkeeping), medians over repeats alternated in one process; and the FLOPs of one model's training
-step (torch.utils.flop_counter, exact). tdakit's rule (``training.stack_models``) picks the path from those
+step (torch.utils.flop_counter, exact). tdakit's rule (``stacking.stack_models``) picks the path from those
 FLOPs; the last column says what it chose. Writes benchmarks/results/retrain_paths.json.
 """
 
@@ -21,7 +21,9 @@ from common import median_seconds
 from torch import nn
 
 import tdakit
-from tdakit.training import batch_order, models_per_chunk, stack_models, step_flops, train_many
+from tdakit.recipe import batch_order
+from tdakit.stacking import models_per_chunk, stack_models, step_flops
+from tdakit.training import train_many
 
 
 def settings():

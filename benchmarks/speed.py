@@ -23,7 +23,8 @@ import torch
 import tdakit
 from tdakit.evaluation import random_subsets, retrain
 from tdakit.presets import preset
-from tdakit.training import retraining_chunk, seed_of
+from tdakit.recipe import seed_of
+from tdakit.stacking import retraining_chunk
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import tdakit
 from tdakit.grads import measurement_grads, output_derivatives
 from tdakit.presets import preset
-from tdakit.training import batch_coefficients
+from tdakit.sgd import batch_coefficients
 from tdakit.unroll import replay, unrolled_adjoint
 from tdakit.unroll_stack import StackStep
 

@@ -13,9 +13,10 @@ from .evaluation import groundtruth, groundtruth_stages, lds, leave_one_out, rel
 from .experiment import Experiment, Table, run_experiment
 from .models import FlatModel
 from .presets import preset
+from .recipe import Checkpoints, Recipe
 from .stages import Stage, StagedRun, train_stages, train_stages_ensemble
 from .task import Classification, Regression, Task
-from .training import Recipe, Run, train, train_ensemble
+from .training import Run, train, train_ensemble
 from .zoo import mlp
 
 __version__ = "0.2.0"
@@ -24,7 +25,8 @@ __all__ = [
     # what to attribute
     "Task", "Regression", "Classification", "FlatModel", "mlp",
     # training that records its trajectory
-    "Recipe", "Run", "train", "train_ensemble", "Stage", "StagedRun", "train_stages", "train_stages_ensemble",
+    "Recipe", "Checkpoints", "Run", "train", "train_ensemble",
+    "Stage", "StagedRun", "train_stages", "train_stages_ensemble",
     # attribution
     "METHODS", "Scores", "attribute", "attribute_many", "ensemble", "register_method",
     # judging against retraining

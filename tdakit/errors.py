@@ -13,6 +13,8 @@ callers such as the widgets let it surface instead of showing it as a hint:
 
 from __future__ import annotations
 
+import typing
+
 
 class TdakitError(ValueError):
     """A problem with what tdakit was given; the message says how to fix it."""
@@ -42,7 +44,9 @@ class DataNotFoundError(TdakitError):
     """A data folder or file that is missing or not in a layout tdakit reads."""
 
 
-def check_choice(name: str, value: object, choices: tuple) -> None:
-    """Raise a ``SettingError`` unless ``value`` is one of ``choices`` (for string settings)."""
-    if value not in choices:
-        raise SettingError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+def check_choice(name: str, value: object, choices) -> None:
+    """Raise a ``SettingError`` unless ``value`` is one of ``choices``: a ``Literal[...]`` type (how tdakit writes
+    its string settings) or a tuple. The one check every string setting goes through."""
+    allowed = typing.get_args(choices) if typing.get_origin(choices) is typing.Literal else tuple(choices)
+    if isinstance(value, bool) or value not in allowed:
+        raise SettingError(f"{name} must be one of {', '.join(repr(c) for c in allowed)}; got {value!r}")

@@ -35,9 +35,10 @@ from . import datasets
 from .datasets import Dataset, Split
 from .errors import SettingError
 from .experiment import Method
+from .recipe import Checkpoints, Recipe
 from .stages import Stage, StagedRun, train_stages
 from .task import Classification, Regression, Task
-from .training import Recipe, Run, train
+from .training import Run, train
 from .zoo import mlp, resnet9
 
 
@@ -100,8 +101,8 @@ class Preset:
         if device is not None:
             split = split.to(device=device)
         recipe = dataclasses.replace(self.recipe, seed=seed)
-        return train(self.model(split.x.shape[1]), split, recipe, self.task, checkpoints=self.checkpoints,
-                     progress=progress, cache=cache, placement=placement, dtype=dtype or self.dtype)
+        return train(self.model(split.x.shape[1]), split, recipe, self.task, progress=progress, cache=cache,
+                     checkpoints=Checkpoints(self.checkpoints, placement), dtype=dtype or self.dtype)
 
     def methods(self) -> dict[str, Method]:
         return paper_methods(self.curvature)
@@ -142,8 +143,8 @@ class StagedPreset:
 
     def train(self, data: Dataset | None = None, progress: bool = True, cache=True,
               placement: str = "middle") -> StagedRun:
-        return train_stages(self.model(), self.stages(data), self.task, checkpoints=self.checkpoints,
-                            progress=progress, cache=cache, placement=placement)
+        return train_stages(self.model(), self.stages(data), self.task, progress=progress, cache=cache,
+                            checkpoints=Checkpoints(self.checkpoints, placement))
 
     def methods(self) -> dict[str, Method]:
         return {

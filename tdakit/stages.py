@@ -17,11 +17,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import deprecation
 from .datasets import Split
 from .errors import InputError, ModelError, SettingError
 from .models import FlatModel
+from .recipe import CheckpointSpec, Recipe, as_checkpoints, seed_of
 from .task import Task
-from .training import Recipe, Run, as_flat, seed_of, train
+from .training import Run, as_flat, train
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,15 @@ def _check_stages(model: nn.Module | FlatModel, stages: Sequence[Stage]) -> Flat
 
 
 def train_stages(model: nn.Module | FlatModel, stages: Sequence[Stage], task: Task | None = None,
-                 checkpoints: int | str | Sequence[int] = 6, dtype: torch.dtype = torch.float32,
-                 progress: bool = True, cache=True, placement: str = "middle") -> StagedRun:
+                 checkpoints: CheckpointSpec = 6, dtype: torch.dtype = torch.float32,
+                 progress: bool = True, cache=True, placement: str | None = None) -> StagedRun:
     """Train the stages in order, each from the previous stage's final parameters; stage 0 starts from
-    the model's initialisation seeded by its recipe's seed. checkpoints: per stage."""
+    the model's initialisation seeded by its recipe's seed. checkpoints: per stage (``recipe.Checkpoints``, or
+    its count, "all" or steps; ``placement=`` is tdakit 0.2's separate argument, still accepted)."""
+    if placement is not None:
+        deprecation.warn("train_stages(placement=...)",
+                         f"train_stages(checkpoints=tdakit.Checkpoints(C, {placement!r}))")
+    checkpoints = as_checkpoints(checkpoints, placement)
     flat = _check_stages(model, stages)
     runs, theta = [], None
     for s, stage in enumerate(stages):
@@ -95,7 +102,7 @@ def train_stages(model: nn.Module | FlatModel, stages: Sequence[Stage], task: Ta
         if stage_task is None:
             raise SettingError(f"stage {s} has no task; pass task= to train_stages or Stage(task=...)")
         run = train(flat, stage.data, stage.recipe, stage_task, checkpoints=checkpoints, dtype=dtype,
-                    progress=progress, cache=cache, init=theta, placement=placement)
+                    progress=progress, cache=cache, init=theta)
         runs.append(run)
         theta = run.final
     return StagedRun(runs, [st.name or f"stage {s}" for s, st in enumerate(stages)])
@@ -110,13 +117,17 @@ def reseeded(stages: Sequence[Stage], seed: int) -> list[Stage]:
 
 
 def train_stages_ensemble(model: nn.Module | FlatModel, stages: Sequence[Stage], task: Task | None = None,
-                          members: int = 4, first_seed: int = 1, checkpoints: int | str | Sequence[int] = 6,
+                          members: int = 4, first_seed: int = 1, checkpoints: CheckpointSpec = 6,
                           dtype: torch.dtype = torch.float32, progress: bool = True, cache=True,
-                          placement: str = "middle") -> list[StagedRun]:
+                          placement: str | None = None) -> list[StagedRun]:
     """``members`` independently trained pipelines, seeded first_seed, first_seed + 1, ...
     (``reseeded(stages, seed)``): list of ``StagedRun``."""
     seeds = range(first_seed, first_seed + members)
-    return [train_stages(model, reseeded(stages, seed), task, checkpoints, dtype, progress=False, cache=cache,
-                         placement=placement) for seed in tqdm(seeds, desc="pipeline ensemble", disable=not progress)]
+    if placement is not None:
+        deprecation.warn("train_stages_ensemble(placement=...)",
+                         f"train_stages_ensemble(checkpoints=tdakit.Checkpoints(C, {placement!r}))")
+    checkpoints = as_checkpoints(checkpoints, placement)
+    return [train_stages(model, reseeded(stages, seed), task, checkpoints, dtype, progress=False, cache=cache)
+            for seed in tqdm(seeds, desc="pipeline ensemble", disable=not progress)]
 
 

@@ -15,7 +15,7 @@ from typing import TypeAlias
 
 import torch
 
-VERSION = 2  # bump when the meaning of cached values changes
+VERSION = 3  # bump when the meaning of cached values changes
 
 
 def default_dir() -> Path:
@@ -36,9 +36,23 @@ def folder(cache: CacheSpec) -> Path | None:
     return Path(cache)
 
 
+def digest(*parts) -> str:
+    """The one content hash of tdakit: tensors by dtype, shape and values, anything else by its repr (which must
+    be deterministic: numbers, strings, tuples, frozen dataclasses of those). Stable across processes."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            h.update(repr((str(part.dtype), tuple(part.shape))).encode())
+            h.update(part.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            h.update(repr(part).encode())
+        h.update(b"\0")  # parts stay apart: ("ab", "c") is not ("a", "bc")
+    return h.hexdigest()[:24]
+
+
 def key_of(*parts) -> str:
-    """A short stable hash of anything with a deterministic repr."""
-    return hashlib.sha256(repr((VERSION, *parts)).encode()).hexdigest()[:24]
+    """A cache key: ``digest`` of the parts and the cache's format version."""
+    return digest(VERSION, *parts)
 
 
 def write_atomic(path: str | os.PathLike, write: Callable) -> None:

@@ -22,24 +22,20 @@ from tqdm.auto import tqdm
 
 from .datasets import Split
 from .grads import measurement_grads
-from .training import Run, batch_coefficients, make_update
+from .sgd import Step, batch_coefficients
+from .training import Run, steps
 from .unroll_stack import StackStep
 
 
 def replay(run: Run, dtype: torch.dtype | None = None, weights: Tensor | None = None) -> Tensor:
-    """Parameters at the start of every step, theta_0..theta_T: [T + 1, P] (float64 if asked)."""
+    """Parameters at the start of every step, theta_0..theta_T: [T + 1, P] (float64 if asked). The run's own
+    steps (``training.steps``), so in the run's dtype this reproduces ``run.final`` bit for bit."""
     dtype = dtype or run.final.dtype
     data = run.train.to(dtype)
     w = (run.weights if weights is None else weights).to(dtype)
-    update = make_update(run.model, run.task, run.recipe)
-    theta, buf = run.init.to(dtype), torch.zeros_like(run.init, dtype=dtype)
-    thetas = [theta]
-    for k in range(run.num_steps):
-        idx = run.batches[k].to(theta.device)
-        theta, buf, _ = update(theta, buf, data.x[idx.clamp(min=0)], data.y[idx.clamp(min=0)],
-                               batch_coefficients(idx, w), run.lrs[k].to(dtype))
-        thetas.append(theta)
-    return torch.stack(thetas)
+    theta = run.init.to(dtype)
+    step = Step(run.model, run.task, run.recipe)
+    return torch.stack([theta] + [after for _, after, _ in steps(step, data, theta, run.batches, run.lrs, w)])
 
 
 def unrolled_scores(run: Run, query: Split, dtype: torch.dtype | None = None, chunk: int = 128,

@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 import tdakit
 from tdakit.experiment import Method, compute_scores
@@ -160,7 +161,7 @@ def test_notebook_04_in_jupyterlab_and_chromium(tmp_path):
     # the same settings, computed by Python (from the cache the notebook filled)
     os.environ["TDAKIT_CACHE"] = cache
     setting, data = tdakit.preset("concrete"), tdakit.preset("concrete").data()
-    run = setting.train(data, progress=False)
+    run = setting.train(data, progress=False, dtype=torch.float64)  # as the notebook trains it
     trial = WhatIf(run, data.query, METHODS, seeds=5).delete(5, "SOURCE", 10, kind="fresh")
     units = views.units_of(run.task, data)
     assert shown == {label: units.text(value) for label, value in trial.predicted.items()}

@@ -84,7 +84,7 @@ def test_retraining_on_kept_points_equals_training_on_the_subset(tiny_run):
     keep = torch.zeros(1, 64, dtype=torch.bool)
     kept = torch.tensor([3, 5, 8, 13, 21, 34, 40, 41, 50, 55, 60, 63])
     keep[0, kept] = True
-    theta = retrain(tiny_run, keep, init_seeds=[7], order_seeds=[tdakit.training.seed_of("order", 7)],
+    theta = retrain(tiny_run, keep, init_seeds=[7], order_seeds=[tdakit.recipe.seed_of("order", 7)],
                     progress=False)
     direct = tdakit.train(tiny_run.model, tiny_run.train.subset(kept), tiny_run.recipe, tiny_run.task,
                           dtype=torch.float64, progress=False)

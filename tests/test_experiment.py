@@ -147,7 +147,7 @@ def test_a_registered_method_shares_gradients_and_runs_everywhere(setting):
         assert torch.allclose(got, -(v @ g.T) / run.num_train)  # the plan's product, by hand
         # with the last checkpoint at the final parameters: grad_dot's scores divided by the run's summed rate
         end = tdakit.train(run.model, run.train, run.recipe, run.task, dtype=torch.float64, progress=False,
-                           cache=False, placement="end")
+                           cache=False, checkpoints=tdakit.Checkpoints(6, "end"))
         got = tdakit.attribute(end, query, "last_dot_for_test", progress=False).values
         assert torch.allclose(got * rate, tdakit.attribute(end, query, "grad_dot", progress=False).values)
         table = run_experiment(run, query, {"mine": Method("last_dot_for_test"), "TracIn": Method("tracin")}, truth,

@@ -247,7 +247,7 @@ def test_checkpoints_sit_where_placed_and_segments_and_tracin_follow(small_regre
     train, _ = small_regression
     recipe = tdakit.Recipe(lr=0.05, epochs=15, batch_size=8, schedule="linear")  # T = 120
     end = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), dtype=torch.float64, progress=False,
-                       cache=False, placement="end")
+                       cache=False, checkpoints=tdakit.Checkpoints(6, "end"))
     T = end.num_steps
     assert end.checkpoint_placement == "end" and end.checkpoint_steps.tolist() == [20, 40, 60, 80, 100, 120]
     assert torch.equal(end.checkpoints[-1], end.final)

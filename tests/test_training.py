@@ -2,17 +2,10 @@ import pytest
 import torch
 
 import tdakit
+from tdakit.recipe import batch_order, seed_of
 from tdakit.schedules import SCHEDULES, learning_rates
-from tdakit.training import (
-    CONV_WEIGHT,
-    CPU_STACKING_MFLOP,
-    batch_order,
-    retraining_chunk,
-    seed_of,
-    stack_models,
-    step_flops,
-    train_many,
-)
+from tdakit.stacking import CONV_WEIGHT, CPU_STACKING_MFLOP, retraining_chunk, stack_models, step_flops
+from tdakit.training import train_many
 
 from .conftest import smooth_mlp
 

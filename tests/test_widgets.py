@@ -27,8 +27,8 @@ METHODS = {"exact unrolling": Method("unrolled"), "influence": Method("influence
 def run_and_query(small_regression):
     train, query = small_regression
     recipe = tdakit.Recipe(lr=0.02, epochs=4, batch_size=16, momentum=0.0, weight_decay=1e-3)
-    run = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), checkpoints=4, dtype=torch.float64,
-                       progress=False, cache=False, placement="end")  # the last checkpoint: the final parameters
+    run = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), checkpoints=tdakit.Checkpoints(4, "end"),
+                       dtype=torch.float64, progress=False, cache=False)  # the last checkpoint: the final parameters
     return run, query
 
 

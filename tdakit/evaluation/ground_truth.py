@@ -20,7 +20,9 @@ from .. import distributed, store
 from ..datasets import Split
 from ..errors import SettingError
 from ..grads import measurements
-from ..training import Run, even_chunks, retraining_chunk, seed_of
+from ..recipe import seed_of
+from ..stacking import even_chunks, retraining_chunk
+from ..training import Run
 from .retrain import retrain
 
 

@@ -13,7 +13,8 @@ from torch import Tensor
 from ..datasets import Split
 from ..errors import SettingError
 from ..grads import measurements
-from ..training import Run, seed_of
+from ..recipe import seed_of
+from ..training import Run
 from .retrain import retrain, retrain_reweighted
 
 

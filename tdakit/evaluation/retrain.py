@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..training import Run, batch_order, even_chunks, retraining_chunk, train_many
+from ..recipe import batch_order
+from ..stacking import even_chunks, retraining_chunk
+from ..training import Run, train_many
 
 
 def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None = None, progress: bool = True,

@@ -11,8 +11,10 @@ from .. import store
 from ..datasets import Split
 from ..errors import InputError
 from ..grads import measurements
+from ..recipe import batch_order, seed_of
+from ..stacking import even_chunks, retraining_chunk
 from ..stages import StagedRun
-from ..training import batch_order, even_chunks, retraining_chunk, seed_of, train_many
+from ..training import train_many
 from .ground_truth import GroundTruth, check_counts, collect, random_subsets, run_key
 
 
