@@ -10,7 +10,6 @@ the same experiment only judges them; the table says "(from cache)" for those ro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import store
+from . import deprecation, store
 from .attribution import Scores, attribute, attribute_many, ensemble
 from .datasets import Split
 from .errors import SettingError
@@ -144,12 +143,9 @@ def write_json_atomic(path: Path, value) -> None:
 
 
 def run_fingerprint(run: Run) -> str:
-    """A content hash of everything a method reads from a run (recipe, data, recorded parameters)."""
-    h = hashlib.sha256(repr((run.model.describe(), run.task, run.recipe, run.train.fingerprint(),
-                             run.checkpoint_steps.tolist(), run.checkpoint_placement)).encode())
-    for t in (run.init, run.final, run.checkpoints, run.weights):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:24]
+    """Deprecated: ``run.fingerprint()``."""
+    deprecation.warn("experiment.run_fingerprint(run)", "run.fingerprint()")
+    return run.fingerprint()
 
 
 def as_method(config) -> Method:
@@ -207,7 +203,7 @@ class Experiment:
 
 def _scores_key(run: Run | StagedRun | Sequence[Run], query: Split, stage: int | None, method: Method) -> str:
     runs = run.runs if isinstance(run, StagedRun) else ([run] if isinstance(run, Run) else list(run))
-    return store.key_of("scores", [run_fingerprint(r) for r in runs], stage, query.fingerprint(), method.method,
+    return store.key_of("scores", [r.fingerprint() for r in runs], stage, query.fingerprint(), method.method,
                         sorted(method.settings.items(), key=lambda kv: kv[0]))
 
 

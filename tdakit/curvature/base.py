@@ -7,7 +7,6 @@ how to add one.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from .. import store
 from ..datasets import Split
 from ..errors import InputError, SettingError
 from ..models import FlatModel
@@ -114,11 +114,9 @@ def _digest(*tensors: Tensor | None) -> str:
             continue
         identity = (id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device))
         if identity not in _digests:
-            h = hashlib.sha256(str(identity[3:]).encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-            _digests[identity] = (t, h.hexdigest())
+            _digests[identity] = (t, store.digest(t))
         parts.append(_digests[identity][1])
-    return hashlib.sha256("".join(parts).encode()).hexdigest()
+    return store.digest(*parts)
 
 
 def fit(kind, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,

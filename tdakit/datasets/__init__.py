@@ -21,7 +21,6 @@ standardized per channel with the training subset's statistics.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import store
 from ..errors import DataNotFoundError, InputError, SettingError
 
 __all__ = ["Split", "Dataset", "Scaler", "load", "available", "mnist_folder", "mnist_arrays", "with_label_noise",
@@ -61,12 +61,8 @@ class Split:
         return Split(self.x.to(device=device, dtype=dtype), self.y.to(device=device, dtype=y_dtype))
 
     def fingerprint(self) -> str:
-        """Content hash (used in cache keys)."""
-        h = hashlib.sha256()
-        for t in (self.x, self.y):
-            h.update(str((t.dtype, tuple(t.shape))).encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        """Content hash of the examples and targets (used in cache keys; ``store.digest``)."""
+        return store.digest(self.x, self.y)
 
 
 @dataclass(frozen=True)

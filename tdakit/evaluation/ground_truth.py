@@ -55,9 +55,10 @@ def random_subsets(n: int, subsets: int, fraction: float, seed: int) -> Tensor:
     return masks
 
 
-def run_key(run: Run) -> tuple:
-    """What identifies a run's recipe and data (not its trained values, nor its recipe seed: retrained models
-    draw their own initialisations and batch orders, so runs that differ only in seed share a ground truth)."""
+def retraining_key(run: Run) -> tuple:
+    """What retraining a run's recipe depends on (model, task, recipe without its seed, data, dtype): not the
+    run's identity (``Run.fingerprint``), since retrained models draw their own initialisations and batch
+    orders, so runs that differ only in seed share a ground truth."""
     return (run.model.describe(), run.task, dataclasses.replace(run.recipe, seed=0), run.train.fingerprint(),
             str(run.final.dtype))
 
@@ -79,7 +80,7 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
     def measure(theta: Tensor) -> Tensor:
         return measurements(run.model, run.task, theta, query.to(device=theta.device))
 
-    key = store.key_of("groundtruth", run_key(run), query.fingerprint(), subsets, fraction, seed)
+    key = store.key_of("groundtruth", retraining_key(run), query.fingerprint(), subsets, fraction, seed)
     chunk = chunk or retraining_chunk(run.model, run.task, run.train, run.recipe.batch_size, run.final.dtype,
                                       run.final.device)
     return collect(masks, seeds, len(query), run.final.dtype, seed, retrain_jobs, measure, key, chunk, cache,

@@ -15,7 +15,7 @@ from ..recipe import batch_order, seed_of
 from ..stacking import even_chunks, retraining_chunk
 from ..stages import StagedRun
 from ..training import train_many
-from .ground_truth import GroundTruth, check_counts, collect, random_subsets, run_key
+from .ground_truth import GroundTruth, check_counts, collect, random_subsets, retraining_key
 
 
 def _share(on_step: Callable[[float], object], parts: int) -> Callable[[float], object]:
@@ -75,7 +75,7 @@ def groundtruth_stages(staged: StagedRun, query: Split, stage: int | str, subset
 
     chunk = chunk or retraining_chunk(staged.model, staged.task, staged.runs[s].train,
                                       staged.runs[s].recipe.batch_size, staged.final.dtype, staged.final.device)
-    key = store.key_of("groundtruth-stages", [run_key(r) for r in staged.runs], s, query.fingerprint(), subsets,
+    key = store.key_of("groundtruth-stages", [retraining_key(r) for r in staged.runs], s, query.fingerprint(), subsets,
                        fraction, seed)
     return collect(masks, seeds, len(query), staged.final.dtype, seed, retrain_jobs,
                    lambda theta: measurements(staged.model, staged.task, theta, query.to(device=theta.device)),
