@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from . import deprecation, store
-from .attribution import Scores, attribute, attribute_many, ensemble
+from .attribution import Scores, attribute_many, ensemble
 from .datasets import Split
 from .errors import SettingError
 from .evaluation import GroundTruth, Interval, Reliability, lds, paired_difference, reliability, spearman
@@ -181,7 +181,8 @@ class Experiment:
         for name, which in (("reference", self.reference), ("baseline", self.baseline)):
             if which is not None and which not in methods:
                 raise SettingError(f"{name} {which!r} is not one of the methods {list(methods)}")
-        if isinstance(self.run, StagedRun) and self.stage is None:
+        pipeline = not isinstance(self.run, Sequence) and self.run.stages[0] is not self.run
+        if pipeline and self.stage is None:
             raise SettingError("for a pipeline, say which stage's points the ground truth is about: stage=...")
         scores, cached = self.compute(methods, progress, cache)
         results = {label: lds(s.values, self.truth) for label, s in scores.items()}
@@ -201,10 +202,14 @@ class Experiment:
         return compute_scores(self.run, self.query, methods, self.stage, progress, cache, self.scores)
 
 
+def _members(run: Run | StagedRun | Sequence[Run]) -> list[Run]:
+    """Every recorded run an experiment reads: an ensemble's members, or the stages of a run or pipeline."""
+    return list(run) if isinstance(run, Sequence) else run.stages
+
+
 def _scores_key(run: Run | StagedRun | Sequence[Run], query: Split, stage: int | None, method: Method) -> str:
-    runs = run.runs if isinstance(run, StagedRun) else ([run] if isinstance(run, Run) else list(run))
-    return store.key_of("scores", [r.fingerprint() for r in runs], stage, query.fingerprint(), method.method,
-                        sorted(method.settings.items(), key=lambda kv: kv[0]))
+    return store.key_of("scores", [r.fingerprint() for r in _members(run)], stage, query.fingerprint(),
+                        method.method, sorted(method.settings.items(), key=lambda kv: kv[0]))
 
 
 def compute_scores(run: Run | StagedRun | Sequence[Run], query: Split, methods: Mapping[str, Method],
@@ -221,15 +226,13 @@ def compute_scores(run: Run | StagedRun | Sequence[Run], query: Split, methods: 
         if hit is not None:
             found[label] = Scores(hit["values"], m.method, float(hit["seconds"]), m.settings)
     todo = {label: m for label, m in methods.items() if label not in found and label not in given}
-    fresh: dict[str, Scores] = {}
-    if isinstance(run, Run):
+    if isinstance(run, Sequence):  # an ensemble: every method averaged over the members
+        fresh = {label: ensemble(list(run), query, m.method, progress=progress, **m.settings)
+                 for label, m in todo.items()}
+    else:  # a run or a pipeline: the methods share their gradients
         fresh = attribute_many(run, query, {label: (m.method, m.settings) for label, m in todo.items()},
                                progress=progress)
-    else:
-        for label, m in todo.items():
-            got = (attribute(run, query, m.method, progress=progress, **m.settings) if isinstance(run, StagedRun)
-                   else ensemble(list(run), query, m.method, progress=progress, **m.settings))
-            fresh[label] = got[stage] if isinstance(got, list) else got
+    fresh = {label: got[stage] if stage is not None else got for label, got in fresh.items()}
     for label, s in fresh.items():
         store.save(cache, "scores", _scores_key(run, query, stage, methods[label]),
                    {"values": s.values.detach().cpu(), "seconds": torch.tensor(s.seconds, dtype=torch.float64)})

@@ -8,12 +8,16 @@ sized to its free memory and a CPU pieces small enough for its caches and alloca
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import torch
 from torch import Tensor
 
-from .errors import SettingError
+from .errors import check_choice
 
-PRECISIONS = ("float32", "bf16")
+Precision = Literal["float32", "bf16"]  # of the score products (bf16: bfloat16 inputs, float32 accumulation)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 CPU_ELEMENTS = 2 ** 26  # per-example gradient rows x parameters held at once on a CPU (256 MiB in float32)
 GPU_SHARE = 0.2  # the share of a GPU's free memory one chunk may take
 
@@ -33,8 +37,7 @@ def element_budget(device: torch.device | str | None = None, bytes_per_element: 
 
 
 def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise SettingError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_choice("precision", precision, Precision)
     return precision
 
 

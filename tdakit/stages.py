@@ -56,6 +56,15 @@ class StagedRun:
     def task(self) -> Task:
         return self.runs[-1].task
 
+    @property
+    def stages(self) -> list[Run]:
+        """The runs of every stage, in order (a ``Run`` is a pipeline of one stage: ``Run.stages``)."""
+        return self.runs
+
+    def per_stage(self, results: list):
+        """What a method gives for a pipeline: one result per stage, as they are."""
+        return results
+
     def stage(self, name_or_index: str | int) -> int:
         """The index of a stage given its name or index."""
         if isinstance(name_or_index, int):

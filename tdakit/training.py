@@ -90,11 +90,21 @@ class Run:
         """eta_k / (1 - momentum): the rate a heavy-ball run moves at in a stationary valley."""
         return self.lrs / (1.0 - self.recipe.momentum)
 
+    # A run is a pipeline of one stage (``stages.StagedRun`` has several): methods, ground truth and the
+    # experiment runner take one path for both through ``stages`` / ``runs`` and ``per_stage``.
     @property
     def stages(self) -> list[Run]:
-        """A run is a pipeline of one stage (``stages.StagedRun`` has several): what methods, ground truth and
-        the experiment runner iterate over."""
         return [self]
+
+    runs = stages
+
+    @property
+    def names(self) -> list[str]:
+        return ["run"]
+
+    def per_stage(self, results: list):
+        """What a method gives for a run: the one stage's result (a pipeline gives the list)."""
+        return results[0]
 
     def fingerprint(self) -> str:
         """A content hash of everything a method reads from the run (model, task, recipe, data, recorded

@@ -22,6 +22,7 @@ REPLACED = {"ValueError", "FileNotFoundError", "KeyError", "TypeError", "IndexEr
 ALLOWED = {
     ("experiment.py", "KeyError"): "Table[label] is a mapping lookup",
     ("curvature/functions.py", "TypeError"): "calling a per-block function without its block is a programming error",
+    ("attribution/settings.py", "TypeError"): "a mutable default in a settings class is a programming error",
 }
 
 

@@ -48,18 +48,12 @@ CELLS = [1, 3, 5, 13, 15]
 SOURCE_CELL = 15
 MUTATIONS = {
     "sign flipped": '''
-import dataclasses, functools
-from tdakit.attribution import METHODS
-def _flip(compute):
-    @functools.wraps(compute)  # the same settings as the method it wraps
-    def flipped(*args, **kwargs):
-        plan = compute(*args, **kwargs)
-        for term in plan.terms:
-            term.scale = -term.scale
-        return plan
-    return flipped
-for _name in ("source", "fast_source"):
-    METHODS[_name] = dataclasses.replace(METHODS[_name], compute=_flip(METHODS[_name].compute))
+import tdakit.attribution.source as _source
+_step = _source.segment_step
+def _flipped(H, eta, steps, v, form="exp", carry=True):  # what each segment learns, with the wrong sign
+    learned, carried = _step(H, eta, steps, v, form, carry)
+    return -learned, carried
+_source.segment_step = _flipped
 ''',
     "segment walk skipped": '''
 import tdakit.attribution.source as _source

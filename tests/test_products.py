@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 import tdakit
-from tdakit.attribution.methods import _prepare
+from tdakit.attribution.methods import plans
 from tdakit.attribution.products import evaluate
+from tdakit.attribution.settings import ProductOptions
 
 from .references import classification_data, small_cnn
 from .test_batchnorm import bn_cnn, image_data
@@ -49,10 +50,9 @@ def test_factored_products_equal_flat_gradient_products(case):
     if case == "mlp":
         methods.append(("source", {"curvature": "ggn"}))  # walked vectors u
     for method, settings in methods:
-        spec, full = _prepare(run, query, method, dict(settings), False)
-        plan = spec.compute(run, query, **full)
-        flat = evaluate([plan], gradients="vmap", chunk=16)[0]
-        factored = evaluate([plan], gradients="hooks", chunk=16)[0]
+        plan = plans(run, query, method, **settings)[0]
+        flat = evaluate([plan], ProductOptions(gradients="vmap"), chunk=16)[0]
+        factored = evaluate([plan], ProductOptions(gradients="hooks"), chunk=16)[0]
         assert torch.allclose(factored, flat, rtol=1e-10, atol=1e-12 * float(flat.abs().max())), method
         assert float(flat.abs().max()) > 0
 
@@ -76,11 +76,10 @@ def test_hooks_need_a_factorable_layer_and_untied_weights():
     run = tdakit.train(model, data, tdakit.Recipe(epochs=1, batch_size=8), tdakit.Classification(), checkpoints=2,
                        progress=False, cache=False)
     assert tdakit.layers.hook_split(run.model) is None
-    spec, full = _prepare(run, data, "grad_dot", {}, False)
-    plan = spec.compute(run, data, **full)
+    plan = plans(run, data, "grad_dot")[0]
     with pytest.raises(ValueError, match="gradients='hooks' needs"):
-        evaluate([plan], gradients="hooks")
-    assert torch.allclose(evaluate([plan])[0], evaluate([plan], gradients="vmap")[0])  # auto falls back
+        evaluate([plan], ProductOptions(gradients="hooks"))
+    assert torch.allclose(evaluate([plan])[0], evaluate([plan], ProductOptions(gradients="vmap"))[0])  # auto falls back
     tied = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
     tied[2].weight = tied[0].weight
     assert tdakit.layers.hook_split(tdakit.models.FlatModel(tied)) is None

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import tdakit
-from tdakit.attribution.methods import _prepare
+from tdakit.attribution.methods import plans
 from tdakit.attribution.products import evaluate
+from tdakit.attribution.settings import ProductOptions
 from tdakit.datasets import Split
 from tdakit.models import FlatModel
 
@@ -130,9 +131,8 @@ def test_default_score_products_equal_flat_gradients(name):
     run, query = trained(name, checkpoints=2)
     for method in ("grad_dot", "tracin", "influence"):
         settings = {"curvature": "ggn"} if method == "influence" else {}
-        spec, full = _prepare(run, query, method, settings, False)
-        plan = spec.compute(run, query, **full)
-        hooks, flat = evaluate([plan])[0], evaluate([plan], gradients="vmap")[0]
+        plan = plans(run, query, method, **settings)[0]
+        hooks, flat = evaluate([plan])[0], evaluate([plan], ProductOptions(gradients="vmap"))[0]
         assert torch.allclose(hooks, flat, rtol=1e-10, atol=1e-12 * float(flat.abs().max())), method
 
 

@@ -11,7 +11,7 @@ from ..datasets import Split
 from ..errors import SettingError
 from ..stages import StagedRun
 from ..training import Run
-from .methods import attribute
+from .methods import scores_per_stage, stage_of
 from .scores import Scores
 
 
@@ -24,16 +24,9 @@ def ensemble(runs: Sequence[Run] | Sequence[StagedRun], query: Split, method: st
     start = time.perf_counter()
     total = None
     for run in runs:
-        got = attribute(run, query, method, progress=progress, **settings)
-        values = [s.values for s in got] if isinstance(got, list) else got.values
-        if total is None:
-            total = values
-        elif isinstance(values, list):
-            total = [a + b for a, b in zip(total, values, strict=True)]
-        else:
-            total = total + values
+        values = [s.values for s in scores_per_stage(run, query, method, progress, **settings)]
+        total = values if total is None else [a + b for a, b in zip(total, values, strict=True)]
     seconds = time.perf_counter() - start
     label, used = f"{method} ensemble", {**settings, "members": len(runs)}
-    if isinstance(total, list):
-        return [Scores(t / len(runs), label, seconds, used, stage=s) for s, t in enumerate(total)]
-    return Scores(total / len(runs), label, seconds, used)
+    return runs[0].per_stage([Scores(t / len(runs), label, seconds, used, stage_of(runs[0], s))
+                              for s, t in enumerate(total)])

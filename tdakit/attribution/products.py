@@ -23,11 +23,12 @@ from tqdm.auto import tqdm
 
 from .. import distributed, hardware
 from ..datasets import Split
-from ..errors import ModelError, SettingError
+from ..errors import ModelError
 from ..grads import loss_grads, loss_grads_at, rows_per_chunk
 from ..layers import LayerSlot, gradient_factors, hook_split
 from ..models import FlatModel
 from ..task import Task
+from .settings import ProductOptions
 
 
 @dataclass
@@ -51,25 +52,15 @@ class Plan:
     queries: int
 
 
-GRADIENTS = ("auto", "hooks", "vmap")
-
-
-def check_gradients(gradients: str) -> str:
-    """The ``gradients=`` setting, checked (see ``evaluate``)."""
-    if gradients not in GRADIENTS:
-        raise SettingError(f"gradients must be one of {GRADIENTS}, got {gradients!r}")
-    return gradients
-
-
-def evaluate(plans: Sequence[Plan], chunk: int | None = None, progress: bool = False,
-             precision: str = "float32", gradients: str = "auto") -> list[Tensor]:
+def evaluate(plans: Sequence[Plan], options: ProductOptions | None = None, chunk: int | None = None,
+             progress: bool = False) -> list[Tensor]:
     """Scores [Q, N] float64 of every plan. Terms that share training data (the same Split object) and
-    equal theta share one pass of per-example gradients. precision: "float32" (the model's dtype) or
-    "bf16" for the products (``hardware.products``). gradients: "hooks" contracts u with the layer inputs
-    and output gradients of every nn.Linear / nn.Conv2d (``factored_products``) and uses torch.func for the
-    other parameters; "vmap" makes flat per-example gradients with torch.func; "auto" (the default) takes
-    hooks when the model has such layers."""
-    check_gradients(gradients)
+    equal theta share one pass of per-example gradients. options: the precision of the products and how the
+    training gradients are made (``settings.ProductOptions``; "hooks" contracts u with the layer inputs and
+    output gradients of every nn.Linear / nn.Conv2d through ``FactoredQueries`` and uses torch.func for the
+    other parameters). chunk: training points per pass (default: sized to the device's memory)."""
+    options = options or ProductOptions()
+    precision, gradients = options.precision, options.gradients
     groups: list[tuple[Plan, Tensor, list[tuple[int, Term]]]] = []
     for p, plan in enumerate(plans):
         for term in plan.terms:

@@ -25,7 +25,7 @@ from .. import curvature as curv
 from ..datasets import Split
 from ..grads import measurement_grads
 from ..stages import StagedRun
-from ..unroll import unrolled_adjoint
+from ..unroll import replay, unrolled_adjoint
 from .influence import check_damping, damped_inverse
 from .products import Plan, Term
 from .source import segments_of, source_walk
@@ -47,14 +47,18 @@ def staged_source(staged: StagedRun, query: Split, segments: int | Sequence[int]
     return plans
 
 
-def staged_unrolled(staged: StagedRun, query: Split, dtype: torch.dtype | None = None,
-                    progress: bool = True) -> list[Tensor]:
-    """Exact unrolling through every stage: [Q, N_s] for every stage s."""
+def staged_unrolled(staged: StagedRun, query: Split, dtype: torch.dtype | None = None, chunk: int = 128,
+                    written_out: bool = True, progress: bool = True) -> list[Tensor]:
+    """Exact unrolling through every stage: [Q, N_s] for every stage s. The query gradients are taken at the
+    replayed final parameters (in ``dtype``), so a pipeline of one stage is ``unrolled_scores``."""
     dtype = dtype or staged.final.dtype
-    v = measurement_grads(staged.model, staged.task, staged.final.to(dtype), query.to(dtype))
+    last = staged.runs[-1]
+    thetas = replay(last, dtype)
+    v = measurement_grads(staged.model, staged.task, thetas[-1], query.to(dtype))
     out: list[Tensor] = [None] * len(staged.runs)  # type: ignore[list-item]
     for s in reversed(range(len(staged.runs))):
-        out[s], v = unrolled_adjoint(staged.runs[s], v, dtype, progress=progress)
+        out[s], v = unrolled_adjoint(staged.runs[s], v, dtype, chunk, progress, thetas if s == len(out) - 1 else None,
+                                     written_out)
     return out
 
 
@@ -64,11 +68,13 @@ def staged_tracin(staged: StagedRun, query: Split, progress: bool = True) -> lis
 
 
 def staged_influence(staged: StagedRun, query: Split, damping: float | str = "implied",
-                     curvature: curv.CurvatureSpec = "ekfac", progress: bool = True) -> list[Plan]:
-    """A practitioner's influence function: final parameters, curvature of the pooled data, N = all points;
-    "implied" damping is 1 / (the summed effective rate of every stage)."""
+                     curvature: curv.CurvatureSpec = "ekfac", theta: Tensor | None = None,
+                     progress: bool = True) -> list[Plan]:
+    """A practitioner's influence function: final parameters (or ``theta``), curvature of the pooled data,
+    N = all points; "implied" damping is 1 / (the summed effective rate of every stage). For a pipeline of one
+    stage this is ``influence_plan``."""
     check_damping(damping)
-    theta = staged.final
+    theta = staged.final if theta is None else theta
     runs = staged.runs
     pooled = Split(torch.cat([r.train.x.to(theta.dtype) for r in runs]),
                    torch.cat([r.train.y.to(theta.dtype) if r.train.y.is_floating_point() else r.train.y for r in runs]))
