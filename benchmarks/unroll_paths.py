@@ -25,11 +25,11 @@ from torch.func import hessian, jacrev, vmap
 from torch.utils.flop_counter import FlopCounterMode
 
 import tdakit
+from tdakit.attribution.unroll import replay, unrolled_adjoint
+from tdakit.attribution.unroll_stack import StackStep
 from tdakit.grads import measurement_grads, output_derivatives
 from tdakit.presets import preset
 from tdakit.sgd import batch_coefficients
-from tdakit.unroll import replay, unrolled_adjoint
-from tdakit.unroll_stack import StackStep
 
 
 def _addmm_flops(_input, a, b, *_, out_shape=None, **__) -> int:  # shapes: a [n, k], b [k, m]

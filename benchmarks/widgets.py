@@ -20,8 +20,8 @@ from pathlib import Path
 
 import tdakit
 from tdakit.experiment import Method, compute_scores, write_json_atomic
-from tdakit.spectrum import Spectrum
-from tdakit.whatif import WhatIf
+from tdakit.explore.spectrum import Spectrum
+from tdakit.explore.whatif import WhatIf
 from tdakit.widgets import DeletionExplorer, IFToSourceExplorer
 
 OUT = Path("benchmarks/results/widgets.json")

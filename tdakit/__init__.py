@@ -6,7 +6,21 @@ w = 1, the effect of up-weighting training point i on query q's measurement, in 
 units; removing a set S is predicted to change f_q by -sum_{i in S} score[q, i].
 """
 
-from . import attribution, curvature, datasets, evaluation, layers, presets, stages, store, zoo
+from . import (  # noqa: E402,F401  (tdakit 0.2's paths; they warn on use)
+    attribution,
+    curvature,
+    datasets,
+    evaluation,
+    layers,
+    presets,
+    spectrum,
+    stages,
+    store,
+    unroll,
+    unroll_stack,
+    whatif,
+    zoo,
+)
 from .attribution import METHODS, Scores, attribute, attribute_many, ensemble, register_method
 from .errors import TdakitError
 from .evaluation import groundtruth, groundtruth_stages, lds, leave_one_out, reliability, subset_removal

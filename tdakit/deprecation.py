@@ -23,3 +23,16 @@ def moved(module: str, names: dict[str, str]) -> Callable[[str], object]:
         return getattr(importlib.import_module(where), new)
 
     return __getattr__
+
+
+def module_moved(module: str, new: str) -> Callable[[str], object]:
+    """A module ``__getattr__`` for a module that moved as a whole to ``new``: every name read from the old
+    path warns and comes from the new one."""
+    def __getattr__(name: str):
+        target = importlib.import_module(new)
+        if not hasattr(target, name):
+            raise AttributeError(f"module {module!r} (now {new!r}) has no attribute {name!r}")
+        warn(f"{module}.{name}", f"{new}.{name}")
+        return getattr(target, name)
+
+    return __getattr__

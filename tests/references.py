@@ -9,10 +9,10 @@ from torch import nn
 from torch.func import hessian, jacrev
 
 import tdakit
+from tdakit.attribution.unroll import replay
 from tdakit.datasets import Split
 from tdakit.grads import measurements
 from tdakit.models import FlatModel
-from tdakit.unroll import replay
 
 
 def dense_ggn(model: FlatModel, task, theta, data: Split, wd: float, weights=None) -> torch.Tensor:

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 import tdakit
+from tdakit.attribution.unroll import replay
 from tdakit.datasets import Split
 from tdakit.grads import loss_grads, measurements
 from tdakit.models import FlatModel
-from tdakit.unroll import replay
 from tdakit.zoo import resnet9
 
 from . import references

@@ -26,8 +26,8 @@ import torch
 
 import tdakit
 from tdakit.experiment import Method, compute_scores
-from tdakit.spectrum import Spectrum
-from tdakit.whatif import WhatIf
+from tdakit.explore.spectrum import Spectrum
+from tdakit.explore.whatif import WhatIf
 from tdakit.widgets import views
 
 ROOT = Path(__file__).resolve().parents[1]

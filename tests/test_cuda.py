@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import tdakit
+from tdakit.attribution.unroll import unrolled_scores
 from tdakit.evaluation import groundtruth
-from tdakit.unroll import unrolled_scores
 
 from .distributed_job import problem
 

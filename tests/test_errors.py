@@ -10,7 +10,7 @@ import torch
 import tdakit
 from tdakit import errors
 from tdakit.experiment import Method
-from tdakit.whatif import WhatIf
+from tdakit.explore.whatif import WhatIf
 from tdakit.widgets import Background, DeletionExplorer, views
 
 from .references import smooth_mlp

@@ -12,11 +12,11 @@ from torch import nn
 import tdakit
 from tdakit import curvature as curv
 from tdakit.attribution import checkpoint_rates, segments_of
+from tdakit.attribution.unroll import replay
 from tdakit.datasets import Split
 from tdakit.evaluation import spearman
 from tdakit.layers import gradient_factors
 from tdakit.models import FlatModel
-from tdakit.unroll import replay
 
 from .references import classification_data, dense_ggn, dense_hessian, loop_grads, smooth_mlp, trained
 

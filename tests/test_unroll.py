@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tdakit
-from tdakit.unroll import replay, unrolled_scores
+from tdakit.attribution.unroll import replay, unrolled_scores
 
 from .references import measure_with_weights as _measure_with_weights
 from .references import smooth_mlp

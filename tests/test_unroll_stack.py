@@ -7,10 +7,10 @@ from torch import nn
 from torch.func import hessian, jacrev, vmap
 
 import tdakit
+from tdakit.attribution.unroll import unrolled_adjoint, unrolled_scores
+from tdakit.attribution.unroll_stack import StackStep, linear_stack
 from tdakit.grads import output_derivatives
 from tdakit.models import FlatModel
-from tdakit.unroll import unrolled_adjoint, unrolled_scores
-from tdakit.unroll_stack import StackStep, linear_stack
 
 from .references import loop_grads, small_cnn
 

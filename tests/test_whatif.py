@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import tdakit
-from tdakit import whatif
+from tdakit.explore import whatif
 from tdakit.experiment import Method
-from tdakit.whatif import WhatIf
+from tdakit.explore.whatif import WhatIf
 
 from .references import smooth_mlp
 

@@ -12,9 +12,9 @@ import tdakit
 from tdakit import curvature as curv
 from tdakit.datasets import Dataset
 from tdakit.experiment import Method
+from tdakit.explore.spectrum import Spectrum
+from tdakit.explore.whatif import WhatIf
 from tdakit.grads import loss_grads, measurement_grads
-from tdakit.spectrum import Spectrum
-from tdakit.whatif import WhatIf
 from tdakit.widgets import Background, DeletionExplorer, IFToSourceExplorer, Superseded, views
 
 from .references import classification_data, small_cnn, smooth_mlp
@@ -142,7 +142,7 @@ def test_bad_input_shows_a_message_and_the_explorer_stays_usable(explorer, run_a
 
 
 def test_repeated_deletions_come_from_the_cache(explorer, monkeypatch):
-    from tdakit import whatif
+    from tdakit.explore import whatif
     explorer.delete(query=0, method="influence", k=3, kind="fresh")
     calls = []
     original = whatif.retrained_measurements
@@ -153,7 +153,7 @@ def test_repeated_deletions_come_from_the_cache(explorer, monkeypatch):
 
 
 def test_a_second_press_supersedes_a_running_deletion(run_and_query, monkeypatch):
-    from tdakit import whatif
+    from tdakit.explore import whatif
     run, query = run_and_query
     ex = DeletionExplorer(WhatIf(run, query, METHODS, seeds=2, cache=False), k=3, threaded=True)
     assert ex.wait(60)

@@ -23,7 +23,6 @@ from ..datasets import Split
 from ..errors import InputError, SettingError
 from ..stages import StagedRun
 from ..training import Run
-from ..unroll import unrolled_scores
 from . import staged as _staged
 from .influence import influence_plan
 from .products import Plan, evaluate
@@ -41,6 +40,7 @@ from .similarity import grad_cos_scores, grad_dot_plan, representation_scores
 from .source import source_plan
 from .tracin import tracin_plan
 from .trak import trak_scores
+from .unroll import unrolled_scores
 
 
 @dataclass(frozen=True)

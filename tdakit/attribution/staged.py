@@ -25,11 +25,11 @@ from .. import curvature as curv
 from ..datasets import Split
 from ..grads import measurement_grads
 from ..stages import StagedRun
-from ..unroll import replay, unrolled_adjoint
 from .influence import check_damping, damped_inverse
 from .products import Plan, Term
 from .source import segments_of, source_walk
 from .tracin import tracin_plan
+from .unroll import replay, unrolled_adjoint
 
 
 def staged_source(staged: StagedRun, query: Split, segments: int | Sequence[int] = 3,

@@ -17,8 +17,8 @@ from IPython.display import display
 
 from ..datasets import Dataset
 from ..errors import SettingError, TdakitError
+from ..explore.whatif import SIDES, Trial, WhatIf
 from ..task import Classification
-from ..whatif import SIDES, Trial, WhatIf
 from . import views
 from .background import Background, Job
 
