@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import tdakit
-from tdakit.explore import whatif
 from tdakit.experiment import Method
+from tdakit.explore import whatif
 from tdakit.explore.whatif import WhatIf
 
 from .references import smooth_mlp

@@ -212,11 +212,11 @@ def test_dense_curvature_averaged_per_checkpoint_equals_fitting_all_at_once(spec
     run = spectrum.run
     for kind in ("ggn", "hessian_clipped"):
         sp = Spectrum(run, spectrum.query, curvature=kind)
-        for seg in sp.layout(2):
+        for seg in tdakit.attribution.segments_of(run, 2):
             expected = curv.fit(kind, run.model, run.task, run.checkpoints[list(seg.checkpoints)], run.train,
                                 run.recipe.weight_decay).dense()
             # atol: the sample-space GGN drops Gram eigenvalues below 1e-9 x the largest
-            assert torch.allclose(seg.curvature.dense(), expected, rtol=1e-8, atol=1e-8)
+            assert torch.allclose(sp.segment_curvature(seg.checkpoints).dense(), expected, rtol=1e-8, atol=1e-8)
 
 
 def test_the_horizon_turns_source_into_influence_and_into_a_gradient_product(run_and_query):

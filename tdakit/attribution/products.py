@@ -39,6 +39,7 @@ class Term:
     u: Tensor
     scale: float
     part: int = 0  # which piece of the method the term belongs to (SOURCE: its segment)
+    checkpoint: int | None = None  # which of the run's checkpoints theta is (None: the final or a mean)
 
 
 @dataclass

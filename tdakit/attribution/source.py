@@ -16,7 +16,7 @@ Units: the measurement's; removal of S predicts -sum_{i in S} score.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -115,27 +115,35 @@ def segment_step(H: curv.Curvature, eta: float, steps: float, v: Tensor, form: s
 
 def source_walk(run: Run, v: Tensor, segments: int | Sequence[int] = 3, curvature: curv.CurvatureSpec = "ggn",
                 form: str = "exp", fast: bool = False, propagate: bool = False, progress: bool = True,
-                queries: int | None = None) -> tuple[Plan, Tensor | None]:
-    """The query-side walk over one run's segments, last to first (docs/maths.md, section 4).
+                queries: int | None = None, horizon: float = 1.0,
+                fit: Callable[[Segment, Tensor], curv.Curvature] | None = None) -> tuple[Plan, Tensor | None]:
+    """The query-side walk over one run's segments, last to first (docs/maths.md, section 4; the paper's
+    query-side computation of its equation for SOURCE).
 
     v: [Q, P] query gradients at the run's final parameters (for a stage of a pipeline: already carried
     back through every later stage). Returns (the plan of gradient-product terms: for segment l and each
-    of its checkpoints c, u_l = Fbar_l Sbar_{l+1} ... Sbar_L v with scale -1/(N C_l); Sbar_1 ... Sbar_L v
-    [Q, P], the query carried back to the run's initialisation, when ``propagate`` else None)."""
+    of its checkpoints c, u_l = Fbar_l Sbar_{l+1} ... Sbar_L v with scale -1/(N C_l), part l and checkpoint c;
+    Sbar_1 ... Sbar_L v [Q, P], the query carried back to the run's initialisation, when ``propagate`` else
+    None). horizon: every segment's eta K multiplied by it (1: the run as trained; the IF-to-SOURCE explorer
+    moves it). fit(segment, thetas [C, P]) -> curvature replaces ``curv.fit(curvature, ...)`` (a caller that
+    keeps its fits)."""
     parts = segments_of(run, segments)
     data = run.train
     rates = run.effective_lrs
     terms: list[Term] = []
     for index, seg in tqdm(list(enumerate(parts))[::-1], desc="SOURCE segments", disable=not progress, leave=False):
         thetas = run.checkpoints[list(seg.checkpoints)]
+        which: list[int | None] = list(seg.checkpoints)
         if fast:
-            thetas = thetas.mean(0, keepdim=True)
+            thetas, which = thetas.mean(0, keepdim=True), [None]
         eta = float(rates[seg.start:seg.stop].mean())
-        H = curv.fit(curvature, run.model, run.task, thetas, data, run.recipe.weight_decay, weights=run.weights,
-                     progress=progress)
+        H = fit(seg, thetas) if fit is not None else curv.fit(
+            curvature, run.model, run.task, thetas, data, run.recipe.weight_decay, weights=run.weights,
+            progress=progress)
         check_curvature(H, form, index)
-        u, v = segment_step(H, eta, seg.steps, v, form, carry=propagate or index > 0)
-        terms += [Term(theta, u, -1.0 / (run.num_train * len(thetas)), index) for theta in thetas]  # u . gbar_l(i)
+        u, v = segment_step(H, eta, horizon * seg.steps, v, form, carry=propagate or index > 0)
+        scale = -1.0 / (run.num_train * len(thetas))
+        terms += [Term(theta, u, scale, index, c) for theta, c in zip(thetas, which, strict=True)]  # u . gbar_l(i)
     return Plan(run.model, run.task, data, terms, len(v) if queries is None else queries), (v if propagate else None)
 
 

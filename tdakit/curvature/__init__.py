@@ -16,7 +16,7 @@ from torch import Tensor
 from ..datasets import Split
 from ..models import FlatModel
 from ..task import Task
-from . import functions
+from . import dense, functions
 from .base import (
     BACKENDS,
     Curvature,

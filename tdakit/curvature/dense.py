@@ -64,9 +64,32 @@ def hessian_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split,
     """
     thetas = thetas.reshape(-1, thetas.shape[-1])
     H = sum(hessian(model, task, th, data, weight_decay, weights=weights).double() for th in thetas) / len(thetas)
-    evals, evecs = torch.linalg.eigh(H)
-    return EigenCurvature(evecs, evals.clamp(min=0) if clip_negative else evals, floor=0.0,
-                          weight_decay=float(weight_decay))
+    return from_matrix("hessian_clipped" if clip_negative else "hessian", H, weight_decay)
+
+
+DENSE_KINDS = ("ggn", "hessian", "hessian_clipped")
+
+
+def checkpoint_matrix(kind: str, model: FlatModel, task: Task, theta: Tensor, data: Split, weight_decay: float,
+                      weights: Tensor | None = None) -> Tensor:
+    """One parameter vector's dense matrix [P, P] (float64) for a dense kind: the Gauss-Newton matrix, or the
+    raw Hessian for "hessian" and "hessian_clipped" (clipping comes after averaging, in ``from_matrix``).
+    Every dense kind averages linearly over checkpoints, so a segment's curvature is ``from_matrix`` of the mean
+    of its checkpoints' matrices: fitting per checkpoint once serves any grouping of them into segments."""
+    if kind not in DENSE_KINDS:
+        raise SettingError(f"checkpoint_matrix takes a dense kind ({', '.join(DENSE_KINDS)}), got {kind!r}")
+    if kind == "ggn":
+        return ggn_curvature(model, task, theta[None], data, weight_decay, weights=weights).dense().double()
+    return hessian(model, task, theta, data, weight_decay, weights=weights).double()
+
+
+def from_matrix(kind: str, matrix: Tensor, weight_decay: float) -> EigenCurvature:
+    """The curvature ``kind`` makes of a (checkpoint-averaged) dense matrix [P, P]: its eigendecomposition in
+    float64, negative eigenvalues set to 0 for "hessian_clipped"."""
+    values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T) if kind == "ggn" else matrix)
+    if kind == "hessian_clipped":
+        values = values.clamp(min=0.0)
+    return EigenCurvature(vectors, values, floor=0.0, weight_decay=float(weight_decay))
 
 
 @register("hessian")

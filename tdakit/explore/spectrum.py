@@ -28,7 +28,7 @@ from .. import curvature as curv
 from ..attribution import Scores
 from ..attribution.influence import check_damping, implied_damping
 from ..attribution.products import Plan, Term, evaluate
-from ..attribution.source import check_curvature, segment_step, segments_of
+from ..attribution.source import segments_of, source_walk
 from ..concurrency import compute_lock
 from ..datasets import Split
 from ..errors import SettingError
@@ -54,17 +54,8 @@ class View:
     agreement_influence: float | None
 
 
-@dataclass
-class _Segment:
-    eta: float
-    steps: int
-    checkpoints: tuple[int, ...]  # indices into run.checkpoints
-    curvature: curv.Curvature
-
-
 GRADIENT_BUDGET = 2**27  # keep per-example gradients of every checkpoint when N x P x (C + 1) is at most this
 DENSE_PARAMS = 4096  # below this many parameters, dense curvature is fitted once per checkpoint and averaged
-RAW_DENSE = {"ggn": "ggn", "hessian": "hessian", "hessian_clipped": "hessian"}  # the matrix each kind averages
 
 
 class Spectrum:
@@ -92,12 +83,12 @@ class Spectrum:
         self.v = measurement_grads(run.model, run.task, run.final, query.to(run.final.dtype))
         self.implied_damping = implied_damping(run)
         self.total_rate = float(run.effective_lrs.sum())  # sum_k eta_k / (1 - momentum): the run's eta K
-        self._layouts: dict[int, list[_Segment]] = {}
         self._views: dict[tuple, View] = {}
         self._dense: dict[int, Tensor] = {}  # checkpoint index -> its dense curvature [P, P] (small models)
         last = len(run.checkpoints) - 1
+        self._fits: dict[tuple[int, ...], curv.Curvature] = {}  # checkpoints -> their averaged curvature
         if torch.equal(run.checkpoints[last], run.final):  # placement "end": reuse the last checkpoint's fit
-            self.final_curvature = self._segment_curvature((last,))
+            self.final_curvature = self.segment_curvature((last,))
         else:
             self.final_curvature = curv.fit(curvature, run.model, run.task, run.final[None], run.train,
                                             run.recipe.weight_decay, weights=run.weights, progress=progress)
@@ -120,52 +111,36 @@ class Spectrum:
         ``final_curvature.floor``)."""
         return self.final_curvature.eigenvalues
 
-    def layout(self, segments: int) -> list[_Segment]:
-        """The fitted segments of an L-segment split (fitted once per L)."""
+    def segment_curvature(self, checkpoints: tuple[int, ...]) -> curv.Curvature:
+        """The curvature averaged over some of the run's checkpoints, fitted once per set. For a small model
+        and a dense kind every checkpoint's matrix is fitted once (``curvature.dense.checkpoint_matrix``) and a
+        segment is the backend's curvature of their mean, so a new L costs an eigendecomposition."""
         with compute_lock:
-            return self._layout(segments)
+            if checkpoints not in self._fits:
+                self._fits[checkpoints] = self._fit(checkpoints)
+            return self._fits[checkpoints]
 
-    def _layout(self, segments: int) -> list[_Segment]:
-        if segments not in self._layouts:
-            rates = self.run.effective_lrs
-            parts = []
-            for index, seg in enumerate(segments_of(self.run, segments)):
-                H = self._segment_curvature(seg.checkpoints)
-                check_curvature(H, "exp", index)
-                parts.append(_Segment(float(rates[seg.start:seg.stop].mean()), seg.steps, seg.checkpoints, H))
-            self._layouts[segments] = parts
-        return self._layouts[segments]
-
-    def _segment_curvature(self, checkpoints: tuple[int, ...]) -> curv.Curvature:
-        """The curvature averaged over some checkpoints. For a small model and a dense kind, each checkpoint's
-        matrix is fitted once and the average eigendecomposed (the same matrix ``curv.fit`` makes from all of
-        them at once: every dense kind averages linearly, clipping comes after), so a new L costs an eigh."""
+    def _fit(self, checkpoints: tuple[int, ...]) -> curv.Curvature:
         run, kind = self.run, self.curvature
-        if not (isinstance(kind, str) and kind in RAW_DENSE and run.model.num_params <= DENSE_PARAMS):
+        if not (isinstance(kind, str) and kind in curv.dense.DENSE_KINDS and run.model.num_params <= DENSE_PARAMS):
             return curv.fit(kind, run.model, run.task, run.checkpoints[list(checkpoints)], run.train,
                             run.recipe.weight_decay, weights=run.weights, progress=self.progress)
         for c in checkpoints:
             if c not in self._dense:
-                self._dense[c] = curv.fit(RAW_DENSE[kind], run.model, run.task, run.checkpoints[c][None], run.train,
-                                          run.recipe.weight_decay, weights=run.weights).dense().double()
+                self._dense[c] = curv.dense.checkpoint_matrix(kind, run.model, run.task, run.checkpoints[c],
+                                                              run.train, run.recipe.weight_decay, run.weights)
         mean = sum(self._dense[c] for c in checkpoints) / len(checkpoints)
-        values, vectors = torch.linalg.eigh(0.5 * (mean + mean.T))
-        if kind == "hessian_clipped":
-            values = values.clamp(min=0.0)
-        return curv.EigenCurvature(vectors, values, floor=0.0, weight_decay=run.recipe.weight_decay)
+        return curv.dense.from_matrix(kind, mean, run.recipe.weight_decay)
 
     def source_terms(self, segments: int, horizon: float = 1.0) -> list[tuple[int, Tensor, float]]:
-        """SOURCE's terms with every segment's eta K multiplied by ``horizon``: (checkpoint index, u [Q, P],
-        scale); the scores are sum scale * u . g_c(i)."""
+        """SOURCE's terms with every segment's eta K multiplied by ``horizon``, from SOURCE's own walk
+        (``attribution.source.source_walk``): (checkpoint index, u [Q, P], scale); the scores are
+        sum scale * u . g_c(i)."""
         if isinstance(horizon, bool) or not isinstance(horizon, int | float) or not 0 < horizon < math.inf:
             raise SettingError(f"horizon must be a positive number (1 = the run as trained), got {horizon!r}")
-        v, terms, n = self.v, [], self.run.num_train
-        parts = self.layout(segments)
-        for index in range(len(parts) - 1, -1, -1):
-            seg = parts[index]
-            u, v = segment_step(seg.curvature, seg.eta, horizon * seg.steps, v, carry=index > 0)
-            terms += [(c, u, -1.0 / (n * len(seg.checkpoints))) for c in seg.checkpoints]
-        return terms
+        plan, _ = source_walk(self.run, self.v, segments, self.curvature, horizon=float(horizon), progress=False,
+                              fit=lambda segment, _thetas: self.segment_curvature(segment.checkpoints))
+        return [(t.checkpoint, t.u, t.scale) for t in plan.terms]
 
     def influence_terms(self, damping: float) -> list[tuple[int, Tensor, float]]:
         """Influence's term: -(1/N) (H + damping)^-1 grad f_q at the final parameters."""
