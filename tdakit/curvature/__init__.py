@@ -64,6 +64,6 @@ def names() -> Sequence[str]:
     return tuple(BACKENDS)
 
 
-__all__ = ["dense", "Curvature", "CurvatureSpec", "EigenCurvature", "SampleSpaceCurvature", "KroneckerCurvature", "Kronecker",
-           "EigenFunction", "BACKENDS", "register", "fit", "shared_fits", "names", "functions", "mean_loss_eigenvalue",
+__all__ = ["dense", "Curvature", "CurvatureSpec", "EigenCurvature", "SampleSpaceCurvature", "KroneckerCurvature",
+           "Kronecker", "EigenFunction", "BACKENDS", "register", "fit", "shared_fits", "names", "functions", "mean_loss_eigenvalue",
            "ggn_curvature", "hessian", "hessian_curvature", "kronecker_curvature"]
