@@ -65,5 +65,5 @@ def names() -> Sequence[str]:
 
 
 __all__ = ["dense", "Curvature", "CurvatureSpec", "EigenCurvature", "SampleSpaceCurvature", "KroneckerCurvature",
-           "Kronecker", "EigenFunction", "BACKENDS", "register", "fit", "shared_fits", "names", "functions", "mean_loss_eigenvalue",
-           "ggn_curvature", "hessian", "hessian_curvature", "kronecker_curvature"]
+           "Kronecker", "EigenFunction", "BACKENDS", "register", "fit", "shared_fits", "names", "functions",
+           "mean_loss_eigenvalue", "ggn_curvature", "hessian", "hessian_curvature", "kronecker_curvature"]
