@@ -17,18 +17,10 @@ from ..datasets import Split
 from ..models import FlatModel
 from ..task import Task
 from . import dense, functions
-from .base import (
-    BACKENDS,
-    Curvature,
-    EigenCurvature,
-    EigenFunction,
-    SampleSpaceCurvature,
-    fit,
-    mean_loss_eigenvalue,
-    register,
-    shared_fits,
-)
+from .base import BACKENDS, Curvature, EigenFunction, register
 from .dense import ggn_curvature, hessian, hessian_curvature
+from .eigen import EigenCurvature, SampleSpaceCurvature, mean_loss_eigenvalue
+from .fitting import fit, shared_fits
 from .kronecker import KroneckerCurvature, kronecker_curvature
 
 

@@ -20,7 +20,8 @@ from ..errors import SettingError
 from ..grads import output_jacobians
 from ..models import FlatModel
 from ..task import Task
-from .base import EigenCurvature, SampleSpaceCurvature, register
+from .base import register
+from .eigen import EigenCurvature, SampleSpaceCurvature
 
 MAX_DENSE_PARAMS = 12_000
 
