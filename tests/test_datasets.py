@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import tdakit
-from tdakit.datasets import _stratified, mnist_arrays, mnist_folder
+from tdakit.datasets import mnist_arrays, mnist_folder
+from tdakit.datasets.images import stratified
 
 
 def test_mnist5k_split_is_seeded_stratified_and_standardized():
@@ -18,7 +19,7 @@ def test_mnist5k_split_is_seeded_stratified_and_standardized():
     assert torch.bincount(data.query.y).tolist() == [10] * 10
     assert abs(float(data.train.x.mean())) < 1e-4 and abs(float(data.train.x.std()) - 1) < 1e-3
     labels = np.repeat(np.arange(10), 500)
-    parts = _stratified(labels, (4000, 100), seed=0)
+    parts = stratified(labels, (4000, 100), seed=0)
     assert sorted(np.concatenate(parts).tolist()) == list(range(5000))  # disjoint, and nothing left out
     again = tdakit.datasets.load("mnist5k")
     assert torch.equal(again.query.x, data.query.x) and torch.equal(again.train.y, data.train.y)
