@@ -36,3 +36,11 @@ def module_moved(module: str, new: str) -> Callable[[str], object]:
         return getattr(target, name)
 
     return __getattr__
+
+
+def call(old: str, new: str, *args, **kwargs):
+    """Warn that ``old`` is deprecated and call ``new`` ("module:function", imported now, at call time: a shim
+    in a lower layer forwards to a higher one without importing it)."""
+    where, _, name = new.partition(":")
+    warn(old, f"{where}.{name}")
+    return getattr(importlib.import_module(where), name)(*args, **kwargs)

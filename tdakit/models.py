@@ -173,31 +173,23 @@ class FlatModel:
         """A stable text description (used in cache keys)."""
         return f"{self.network!r}|{self.shapes}"
 
-    # -- the layer view moved to tdakit.layers (0.3); these forward to it for one release. The imports sit
-    # -- inside the shims because layers.py builds on this module.
+    # -- the layer view moved to tdakit.layers in 0.3; these forward to it, with a warning, for one release
     def layers(self, exclude: Sequence[str] = (), strict: bool = True, example: Tensor | None = None):
         """Deprecated: ``tdakit.layers.factored(model, ...)``."""
-        from . import layers
-        deprecation.warn("FlatModel.layers()", "tdakit.layers.factored(model, ...)")
-        return layers.factored(self, exclude, strict, example)
+        return deprecation.call("FlatModel.layers()", "tdakit.layers:factored", self, exclude, strict, example)
 
     def hook_split(self, example: Tensor | None = None):
         """Deprecated: ``tdakit.layers.hook_split(model, ...)``."""
-        from . import layers
-        deprecation.warn("FlatModel.hook_split()", "tdakit.layers.hook_split(model, ...)")
-        return layers.hook_split(self, example)
+        return deprecation.call("FlatModel.hook_split()", "tdakit.layers:hook_split", self, example)
 
     def tap(self, theta: Tensor, x: Tensor, slots):
         """Deprecated: ``tdakit.layers.tap(model, ...)``."""
-        from . import layers
-        deprecation.warn("FlatModel.tap()", "tdakit.layers.tap(model, ...)")
-        return layers.tap(self, theta, x, slots)
+        return deprecation.call("FlatModel.tap()", "tdakit.layers:tap", self, theta, x, slots)
 
     def inputs_of(self, layer: str, theta: Tensor, x: Tensor) -> Tensor:
         """Deprecated: ``tdakit.layers.inputs_of(model, ...)``."""
-        from . import layers
-        deprecation.warn("FlatModel.inputs_of()", "tdakit.layers.inputs_of(model, ...)")
-        return layers.inputs_of(self, layer, theta, x)
+        return deprecation.call("FlatModel.inputs_of()", "tdakit.layers:inputs_of", self, layer, theta, x)
+
 
 class _BatchStatistics:
     """Hands a training step's batch coefficients to the BatchNorm stand-ins and collects, per layer and
