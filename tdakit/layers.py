@@ -19,9 +19,11 @@ left to torch.func by the score products and refused, with the fix, by the Krone
 
 from __future__ import annotations
 
+import typing
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +38,8 @@ from .grads import psd_sqrt
 from .models import FlatModel
 from .task import Task
 
-FISHERS = ("ggn", "true", "empirical")
+Fisher = Literal["ggn", "true", "empirical"]  # which output directions gradient_factors backpropagates
+FISHERS: tuple[str, ...] = typing.get_args(Fisher)
 # per model: {(input shape, dtype): what outside_uses found}; entries go with their model
 _probes: weakref.WeakKeyDictionary[FlatModel, dict[tuple, dict[str, set[str]]]] = weakref.WeakKeyDictionary()
 

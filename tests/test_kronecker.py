@@ -147,7 +147,7 @@ def test_layer_without_kronecker_form_is_named_and_can_be_excluded():
 
 def test_unknown_fisher_is_refused():
     model = FlatModel(nn.Linear(5, 3))
-    with pytest.raises(ValueError, match="unknown fisher"):
+    with pytest.raises(ValueError, match="fisher must be one of .ggn., .true., .empirical.; got .observed."):
         curv.Kronecker(fisher="observed").fit(model, tdakit.Classification(), model.init(0)[None],
                                               classification_data(4).to(torch.float32), WD)
 

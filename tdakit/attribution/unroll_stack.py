@@ -110,10 +110,21 @@ class StackStep:
 
     def __call__(self, params: tuple[Tensor, ...], x: Tensor, y: Tensor, c: Tensor,
                  mu: tuple[Tensor, ...], out: tuple[Tensor, ...]) -> Tensor:
+        inputs, slopes, curvatures, output = self._primal_forward(params, x)
+        output_grad, output_hessian = output_derivatives(self.task, output, y)
+        errors, back = self._primal_backward(params, slopes, output_grad)
+        scratch = self._scratch_for(mu[0].shape[0], len(x), x)
+        dc, tangents, tangent_inputs = self._tangent_forward(params, mu, inputs, errors, slopes, curvatures, scratch)
+        self._tangent_backward(params, mu, out, c, inputs, errors, back, slopes, curvatures, tangents,
+                               tangent_inputs, output_hessian, scratch)
+        return dc
+
+    def _primal_forward(self, params, x: Tensor):
+        """The network's forward pass: each layer's input a_{l-1} [B, in], the activation derivatives s1, s2
+        [B, out] (None after the output layer; s2 None for piecewise-linear activations) and the outputs."""
         a = x
         for m in self.prefix:
             a = m(a)
-        # primal forward: inputs a_{l-1} [B, in], activation derivatives s1, s2 [B, out]
         inputs, slopes, curvatures = [], [], []
         for layer in self.layers:
             inputs.append(a)
@@ -126,21 +137,26 @@ class StackStep:
             a, s1, s2 = _activation_derivatives(layer.activation, z)
             slopes.append(s1)
             curvatures.append(s2)
-        output = a
-        # primal backward, per example and unscaled: e_l = dL_j/dz_l [B, out_l]; u_l = e_{l+1} W_{l+1}
-        output_grad, output_hessian = output_derivatives(self.task, output, y)
+        return inputs, slopes, curvatures, a
+
+    def _primal_backward(self, params, slopes, output_grad: Tensor):
+        """Per example and unscaled, from the loss's output gradient [B, o]: e_l = dL_j/dz_l [B, out_l], and
+        u_l = e_{l+1} W_{l+1} (what e_l is before the activation's slope)."""
         errors: list[Tensor] = [output_grad]
         back: list[Tensor | None] = [None]
         for layer, s1 in zip(self.layers[:0:-1], slopes[-2::-1], strict=True):
             u = errors[0] @ params[layer.weight]
             back.insert(0, u)
             errors.insert(0, u * s1)
-        # tangent forward: Rz_l [Q, B, out_l]; dc[q, j] = sum_l e_l[j] . (a_{l-1}[j] V_l^T + v_l)[q]
-        q, b = mu[0].shape[0], len(x)
-        scratch = self._scratch_for(q, b, x)
-        dc = x.new_zeros(q, b)
-        tangents: list[Tensor | None] = []  # Rz_l, kept only where sigma'' is needed
-        tangent_inputs: list[Tensor | None] = []  # Ra_{l-1}
+        return errors, back
+
+    def _tangent_forward(self, params, mu, inputs, errors, slopes, curvatures, scratch):
+        """The adjoint pushed forward as a tangent: Rz_l [Q, B, out_l] (kept where sigma'' is needed), the
+        tangent inputs Ra_{l-1}, and dc[q, j] = sum_l e_l[j] . (a_{l-1}[j] V_l^T + v_l)[q]."""
+        q, b = mu[0].shape[0], len(inputs[0])
+        dc = inputs[0].new_zeros(q, b)
+        tangents: list[Tensor | None] = []
+        tangent_inputs: list[Tensor | None] = []
         ra = None
         for i, (layer, a_in, e, s1) in enumerate(zip(self.layers, inputs, errors, slopes, strict=True)):
             rz, product = scratch[f"rz{i}"], scratch[f"product{i}"]
@@ -160,7 +176,13 @@ class StackStep:
             else:
                 tangents.append(rz)
                 ra = torch.mul(rz, s1, out=scratch[f"ra{i}"])
-        # tangent backward: R delta_L = c H_out Rz_L; then each layer adds its Hessian-vector block
+        return dc, tangents, tangent_inputs
+
+    def _tangent_backward(self, params, mu, out, c: Tensor, inputs, errors, back, slopes, curvatures, tangents,
+                          tangent_inputs, output_hessian: Tensor, scratch) -> None:
+        """R delta_L = c H_out Rz_L, then back through the layers: each adds its Hessian-vector block into
+        ``out`` (the adjoint pieces) in place."""
+        q, b = mu[0].shape[0], len(c)
         cq = c[:, None]
         r_delta = torch.einsum("bij,qbj->qbi", output_hessian * c[:, None, None], tangents[-1])
         for i in reversed(range(len(self.layers))):
@@ -181,7 +203,6 @@ class StackStep:
             if curvatures[i - 1] is not None:
                 below.add_(tangents[i - 1] * (back[i - 1] * cq * curvatures[i - 1]))
             r_delta = below
-        return dc
 
 
 def _linear(a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..datasets import Split
+from ..errors import check_choice
+from ..layers import Fisher
 from ..models import FlatModel
 from ..task import Task
 from . import dense, functions
@@ -40,6 +42,12 @@ class Kronecker:
     chunk: int | None = None  # examples per factor pass (None: sized to the device's memory)
     seed: int = 0
     include_weight_decay: bool = True
+
+    def __post_init__(self):
+        check_choice("fisher", self.fisher, Fisher)
+        if isinstance(self.exclude, str | list):  # one name, or a list: kept as a tuple (hashable settings)
+            names = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
+            object.__setattr__(self, "exclude", names)
 
     def fit(self, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
             weights: Tensor | None = None, progress: bool = False) -> KroneckerCurvature:

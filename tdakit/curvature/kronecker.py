@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 
 from .. import distributed
 from ..datasets import Split
-from ..errors import SettingError
+from ..errors import check_choice
 from ..hardware import element_budget
-from ..layers import FISHERS, LayerSlot, factored, gradient_factors
+from ..layers import Fisher, LayerSlot, factored, gradient_factors
 from ..models import FlatModel
 from ..task import Task
 from .base import EigenFunction, register, resolve
@@ -126,57 +126,88 @@ def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Spli
     output gradients are scaled by sqrt(w_i) (so S and the eigenvalues carry w_i) and A is the
     w-weighted mean of its inputs, which keeps a single example's block exact.
     """
-    if fisher not in FISHERS:
-        raise SettingError(f"unknown fisher {fisher!r}; choose one of {', '.join(FISHERS)}")
+    check_choice("fisher", fisher, Fisher)
     slots, excluded = factored(model, exclude, example=data.x[:1])
     thetas = thetas.reshape(-1, thetas.shape[-1])
     data = data.to(thetas.dtype, thetas.device)
-    n, count = len(data), len(thetas) * len(data)
     chunk = distributed.agreed_size(chunk or examples_per_chunk(model, task, thetas[0], data, fisher, slots))
-    pieces = [(c, s) for c in range(len(thetas)) for s in range(0, n, chunk)]
-    w = None if weights is None else weights.to(thetas.dtype).to(thetas.device)
-    a_count = count if w is None else len(thetas) * float(w.sum())
+    passes = _Passes(model, task, thetas, data, fisher, slots, chunk, seed, weights)
+    eig_A, eig_S = _factor_eigenbases(passes, progress)
+    if not eigen_correction:
+        values = [torch.outer(sv, av) for (sv, _), (av, _) in zip(eig_S, eig_A, strict=True)]
+    else:
+        values = _corrected_eigenvalues(passes, eig_A, eig_S, progress)
+    layers = [KroneckerLayer(sl, ea[1], es[1], v) for sl, ea, es, v in zip(slots, eig_A, eig_S, values, strict=True)]
+    return KroneckerCurvature(layers, model.num_params, float(weight_decay), excluded)
 
-    def factors(c: int, s: int):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + c * 10_007 + s)
-        inputs, grads = gradient_factors(model, task, thetas[c], data.subset(slice(s, s + chunk)), fisher,
-                                               slots, generator)
-        if w is not None:  # G_i = sqrt(w_i) d a^T carries w_i into S and the eigenvalues
-            grads = [d * w[s:s + chunk].sqrt()[None, :, None, None] for d in grads]
+
+@dataclass
+class _Passes:
+    """The (checkpoint, chunk) pieces a factor pass walks over, and each piece's layer factors: inputs a
+    [n, T, in] and output gradients d [K, n, T, out], with sqrt(w_i) in d for a weighted run."""
+
+    model: FlatModel
+    task: Task
+    thetas: Tensor
+    data: Split
+    fisher: str
+    slots: list[LayerSlot]
+    chunk: int
+    seed: int
+    weights: Tensor | None
+
+    def __post_init__(self):
+        if self.weights is not None:
+            self.weights = self.weights.to(self.thetas.dtype).to(self.thetas.device)
+        pieces = [(c, s) for c in range(len(self.thetas)) for s in range(0, len(self.data), self.chunk)]
+        self.ours = [pieces[j] for j in distributed.mine(len(pieces))]  # all of them in one process
+        self.count = len(self.thetas) * len(self.data)  # examples x checkpoints: S's and Lambda's mean
+        self.a_count = self.count if self.weights is None else len(self.thetas) * float(self.weights.sum())
+
+    def factors(self, c: int, s: int) -> tuple[list[Tensor], list[Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + c * 10_007 + s)
+        inputs, grads = gradient_factors(self.model, self.task, self.thetas[c],
+                                         self.data.subset(slice(s, s + self.chunk)), self.fisher, self.slots, generator)
+        if self.weights is not None:  # G_i = sqrt(w_i) d a^T carries w_i into S and the eigenvalues
+            grads = [d * self.weights[s:s + self.chunk].sqrt()[None, :, None, None] for d in grads]
         return inputs, grads
 
-    f64 = {"dtype": torch.float64, "device": thetas.device}
-    A = [torch.zeros(sl.in_dim, sl.in_dim, **f64) for sl in slots]
-    S = [torch.zeros(sl.out_dim, sl.out_dim, **f64) for sl in slots]
-    ours = [pieces[j] for j in distributed.mine(len(pieces))]  # all of them in one process
-    for c, s in tqdm(ours, desc="K-FAC factors", disable=not progress, leave=False):
-        inputs, grads = factors(c, s)
+
+def _factor_eigenbases(passes: _Passes, progress: bool) -> tuple[list[tuple[Tensor, Tensor]], list]:
+    """The covariance pass: A = w-weighted mean of a a^T (over positions), S = mean of sum_t d d^T, summed over
+    processes and eigendecomposed (rank 0's eigenvectors everywhere): ([(values, vectors)] of A, ... of S)."""
+    f64 = {"dtype": torch.float64, "device": passes.thetas.device}
+    A = [torch.zeros(sl.in_dim, sl.in_dim, **f64) for sl in passes.slots]
+    S = [torch.zeros(sl.out_dim, sl.out_dim, **f64) for sl in passes.slots]
+    w = passes.weights
+    for c, s in tqdm(passes.ours, desc="K-FAC factors", disable=not progress, leave=False):
+        inputs, grads = passes.factors(c, s)
         for i, (a, d) in enumerate(zip(inputs, grads, strict=True)):
-            aw = a if w is None else a * w[s:s + chunk, None, None]  # A: the w-weighted mean of a a^T
+            aw = a if w is None else a * w[s:s + passes.chunk, None, None]  # A: the w-weighted mean of a a^T
             A[i] += torch.einsum("nti,ntj->ij", aw, a).double() / a.shape[1]
             S[i] += torch.einsum("knto,kntp->op", d, d).double()
     A = [distributed.sum_over_ranks(m) for m in A]
     S = [distributed.sum_over_ranks(m) for m in S]
-    eig_A = [tuple(distributed.same_everywhere(t) for t in _symmetric_eigh(m / a_count)) for m in A]
-    eig_S = [tuple(distributed.same_everywhere(t) for t in _symmetric_eigh(m / count)) for m in S]
+    eig_A = [tuple(distributed.same_everywhere(t) for t in _symmetric_eigh(m / passes.a_count)) for m in A]
+    eig_S = [tuple(distributed.same_everywhere(t) for t in _symmetric_eigh(m / passes.count)) for m in S]
+    return eig_A, eig_S
 
-    if not eigen_correction:
-        values = [torch.outer(sv, av) for (sv, _), (av, _) in zip(eig_S, eig_A, strict=True)]
-    else:
-        values = [torch.zeros(sl.out_dim, sl.in_dim, **f64) for sl in slots]
-        for c, s in tqdm(ours, desc="EK-FAC eigenvalues", disable=not progress, leave=False):
-            inputs, grads = factors(c, s)
-            for i, (a, d) in enumerate(zip(inputs, grads, strict=True)):
-                ar = a @ eig_A[i][1].to(a.dtype)  # [n, T, in] in the eigenbasis
-                dr = d @ eig_S[i][1].to(d.dtype)  # [K, n, T, out]
-                if a.shape[1] == 1:  # one position: G = d a^T is rank one, square the factors
-                    values[i] += ((dr[:, :, 0] ** 2).sum(0).T @ ar[:, 0] ** 2).double()
-                else:
-                    for dk in dr:
-                        values[i] += (torch.einsum("nto,nti->noi", dk, ar) ** 2).sum(0).double()
-        values = [distributed.sum_over_ranks(v) / count for v in values]
-    layers = [KroneckerLayer(sl, ea[1], es[1], v) for sl, ea, es, v in zip(slots, eig_A, eig_S, values, strict=True)]
-    return KroneckerCurvature(layers, model.num_params, float(weight_decay), excluded)
+
+def _corrected_eigenvalues(passes: _Passes, eig_A, eig_S, progress: bool) -> list[Tensor]:
+    """EK-FAC's pass: Lambda = E[(Q_S^T G Q_A)^2] per layer [out, in], over the same pieces, in the fixed basis."""
+    values = [torch.zeros(sl.out_dim, sl.in_dim, dtype=torch.float64, device=passes.thetas.device)
+              for sl in passes.slots]
+    for c, s in tqdm(passes.ours, desc="EK-FAC eigenvalues", disable=not progress, leave=False):
+        inputs, grads = passes.factors(c, s)
+        for i, (a, d) in enumerate(zip(inputs, grads, strict=True)):
+            ar = a @ eig_A[i][1].to(a.dtype)  # [n, T, in] in the eigenbasis
+            dr = d @ eig_S[i][1].to(d.dtype)  # [K, n, T, out]
+            if a.shape[1] == 1:  # one position: G = d a^T is rank one, square the factors
+                values[i] += ((dr[:, :, 0] ** 2).sum(0).T @ ar[:, 0] ** 2).double()
+            else:
+                for dk in dr:
+                    values[i] += (torch.einsum("nto,nti->noi", dk, ar) ** 2).sum(0).double()
+    return [distributed.sum_over_ranks(v) / passes.count for v in values]
 
 
 @register("ekfac")
