@@ -40,11 +40,19 @@ class DeletionExplorer:
         self.blamed_points: tuple[list[int], list[int]] = ([], [])
         self._show = Background(threaded)
         self._work = Background(threaded, on_busy=self._busy)
-        q = len(whatif.query)
         self._query_outputs = run.model(run.final, whatif.query.x.to(run.final.dtype)).detach()
 
-        # controls
-        self.query = W.Dropdown(options=[(self._query_text(i), i) for i in range(q)], value=query,
+        self._make_controls(k, kind, method, query)
+        self._make_displays()
+        self._connect()
+        self.view = self._layout()
+        self._draw_picker()
+        self._draw_trials()
+        self._refresh()
+
+    def _make_controls(self, k: int, kind: str, method: str | None, query: int) -> None:
+        whatif, run = self.whatif, self.whatif.run
+        self.query = W.Dropdown(options=[(self._query_text(i), i) for i in range(len(whatif.query))], value=query,
                                 description="query", layout=W.Layout(width="330px"))
         self.method = W.Dropdown(options=list(whatif.methods), value=method or whatif.available[0],
                                  description="method", layout=W.Layout(width="300px"))
@@ -64,7 +72,8 @@ class DeletionExplorer:
         self.status = W.HTML(views.info_html("Pick a query and a method, then press Delete."))
         self.progress = W.FloatProgress(value=0.0, min=0.0, max=1.0, description="", bar_style="info",
                                         layout=W.Layout(width="200px", visibility="hidden"))
-        # displays
+
+    def _make_displays(self) -> None:
         self.picker_image = W.Image(format="png", layout=W.Layout(max_width="460px", height="auto",
                                                                   object_fit="contain"))
         self.points_view = W.HTML()
@@ -78,6 +87,7 @@ class DeletionExplorer:
                              ("status", self.status), ("result", self.result), ("picker", self.picker_image)):
             widget.add_class(f"tdakit-{name}")  # stable handles for the browser test and for styling
 
+    def _connect(self) -> None:
         self.query.observe(lambda change: (self._draw_picker(), self._refresh()), names="value")
         self.method.observe(lambda change: self._refresh(), names="value")
         self.k.observe(lambda change: self._refresh(), names="value")
@@ -88,7 +98,8 @@ class DeletionExplorer:
         self._clicks = Event(source=self.picker_image, watched_events=["click"])
         self._clicks.on_dom_event(self._on_click)
 
-        self.view = W.VBox([
+    def _layout(self) -> W.VBox:
+        return W.VBox([
             W.HBox([self.query, self.method, self.k]),
             W.HBox([self.side, self.kind]),
             W.HBox([self.delete_button, self.picked, self.picked_button, self.undo_button]),
@@ -97,9 +108,6 @@ class DeletionExplorer:
                    layout=W.Layout(align_items="flex-start")),
             W.HBox([self.trials_image, self.result], layout=W.Layout(align_items="flex-start")),
         ])
-        self._draw_picker()
-        self._draw_trials()
-        self._refresh()
 
     def _ipython_display_(self):
         display(self.view)
