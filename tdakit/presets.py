@@ -19,8 +19,8 @@ everywhere (docs/experiments.md lists them). ``preset("concrete").train()`` trai
   batch 512, 25 epochs (150 steps); EK-FAC. cifar10_full: the same on all 50,000 training images.
 - cifar10_cpu: the same pipeline shrunk for a CPU: 256 images, ResNet-9 of width 8 (104k parameters),
   batch 64, 8 epochs (32 steps), in float64: 32 steps at rate 0.4 are chaotic in float32 (another CPU's
-  float path moves the trained parameters by about 30%), while in float64 runs on different paths agree to
-  1e-14 (``benchmarks/float_path_chaos.py``), so its figures are the same on every machine.
+  float path moves the trained parameters far), while in float64 runs on different paths agree to round-off
+  (``benchmarks/float_path_chaos.py``, BENCHMARKS.md), so its figures are the same on every machine.
 """
 
 from __future__ import annotations

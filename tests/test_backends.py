@@ -57,7 +57,11 @@ def _reference_hessian(run, data, thetas):
     return sum(dense_hessian(run.model, run.task, th, data, WD, run.weights) for th in thetas) / len(thetas)
 
 
-@pytest.mark.parametrize("kind", ["ggn", "hessian", "hessian_clipped", "ekfac", "kfac"])
+# drawn from the registry: a backend registered in tdakit is tested here without being listed
+REGISTERED = sorted(curv.BACKENDS)
+
+
+@pytest.mark.parametrize("kind", REGISTERED)
 def test_backend_meets_the_contract(kind, case):
     """Protocol members; apply and apply_many agree with the backend's own dense matrix; eigenvalues are
     those of that matrix; a damped inverse is a solve."""
@@ -79,7 +83,7 @@ def test_backend_meets_the_contract(kind, case):
     assert torch.allclose(torch.cat([stored, rest]).sort().values, dense_eigenvalues, atol=1e-8)
 
 
-@pytest.mark.parametrize("kind", ["ggn", "hessian", "hessian_clipped"])
+@pytest.mark.parametrize("kind", curv.dense.DENSE_KINDS)
 def test_dense_backends_equal_the_float64_references(kind, case):
     """Averaged over the run's checkpoints, with the run's training weights."""
     _, run, data = case
@@ -133,8 +137,10 @@ def test_zero_weight_points_leave_the_curvature_untouched():
 
 
 def test_backends_register_themselves_and_a_new_one_serves_every_method(small_regression):
-    """A backend added with @register works wherever a curvature name does (here: a scaled GGN)."""
+    """A backend added with @register works wherever a curvature name does (here: a scaled GGN); every
+    registered backend is either dense (compared with the float64 references) or Kronecker-factored."""
     assert {"ggn", "hessian", "hessian_clipped", "ekfac", "kfac"} <= set(curv.BACKENDS)
+    assert set(REGISTERED) <= set(curv.dense.DENSE_KINDS) | {"ekfac", "kfac"}, "a new backend needs a reference"
     train, query = small_regression
     run = trained(smooth_mlp((6,)), train, tdakit.Regression(), wd=WD)
 

@@ -95,11 +95,11 @@ class NoSettings(Settings):
 class UnrolledSettings(Settings):
     dtype: torch.dtype | None = setting(None, "dtype of the replay and the reverse pass (None: the run's; "
                                               "torch.float64 for checks against finite differences)",
-                                        "float64 about doubles the time")
+                                        "float64 is slower than float32")
     chunk: int = setting(128, "queries carried back together", "memory: the trajectory plus ~5 [chunk, P] adjoints")
     written_out: bool = setting(True, "take the written-out reverse step for Linear/activation stacks "
                                       "(False: torch.func's vjp everywhere, same numbers)",
-                                "the written-out step takes 0.5-0.6x the time where it applies")
+                                "the written-out step is the faster where it applies (BENCHMARKS.md)")
 
     def __post_init__(self):
         _whole("chunk", self.chunk, 1)
@@ -179,3 +179,31 @@ class ProductOptions:
 
     def replace(self, **changes) -> ProductOptions:
         return dataclasses.replace(self, **changes)
+
+
+def methods_markdown(methods: dict) -> str:
+    """docs/methods.md: every registered method with its settings, their defaults, meaning and cost (generated
+    from the settings dataclasses; ``tests/test_methods.py`` keeps the page equal to this)."""
+    lines = ["# Methods and their settings", "",
+             "Generated from the settings classes (`tdakit.METHODS[name].settings`); `tests/test_methods.py` fails "
+             "when this page and the code disagree. Every method returns scores in one convention "
+             "(conventions.md): score[q, i] = d f_q / d w_i, in the measurement's units.", "",
+             "Besides its settings, every call takes `progress=` (bars on or off) and the product options "
+             "`precision=` (\"float32\" or \"bf16\") and `gradients=` (\"auto\", \"hooks\" or \"vmap\"), which "
+             "influence, SOURCE, Fast-SOURCE, TracIn and the gradient dot product share (`ProductOptions`).", ""]
+    for name, spec in methods.items():
+        lines += [f"## `{name}`", "", spec.summary + ("" if spec.summary.endswith(".") else "."), ""]
+        extra = []
+        if spec.needs_checkpoints:
+            extra.append("needs checkpoints")
+        extra.append("pipelines: yes" if spec.staged is not None else "pipelines: no (one run)")
+        lines += [f"*{'; '.join(extra)}*", ""]
+        described = spec.settings.describe()
+        if not described:
+            lines += ["No settings.", ""]
+            continue
+        lines += ["| setting | default | meaning | cost |", "|---|---|---|---|"]
+        for field_name, default, help_text, cost in described:
+            lines.append(f"| `{field_name}` | `{default!r}` | {help_text} | {cost} |")
+        lines.append("")
+    return "\n".join(lines)

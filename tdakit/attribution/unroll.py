@@ -6,7 +6,7 @@ back one step at a time; a single torch.func.vjp of the step's gradient g_k(thet
 Hessian-vector product (to go back one step) and, since g_k is linear in the batch coefficients
 c_j = w_j/|B_k|, every batch point's contribution to the score. vmap batches the queries. For a stack of
 Linear layers and elementwise activations the same two products are written out (``unroll_stack``) and
-accumulated straight into the adjoints, which on a CPU takes 0.5-0.6x the time. The adjoints
+accumulated straight into the adjoints, which is faster on a CPU (BENCHMARKS.md). The adjoints
 are kept per parameter tensor ([Q, *shape]) and updated in place, so a step moves each [Q, P] adjoint
 through memory a handful of times and never gathers a flat [Q, P] gradient.
 Memory: the trajectory (T + 1) x P values plus about five [Q, P] adjoint-sized tensors per query chunk,

@@ -4,7 +4,7 @@ For such a network the step's Hessian-vector products and per-example gradient p
 form (Pearlmutter's R-operator), so the reverse pass need not differentiate the batch gradient with
 torch.func. Writing it out lets every weight-sized product be accumulated straight into the adjoint
 (``baddbmm_``, ``addmm_``), where double backward writes each term to a fresh [Q, out, in] tensor and
-then adds them (those adds were 28% of the torch.func reverse pass in a CPU profile), and the loss's
+then adds them (a large share of the torch.func reverse pass in a CPU profile: BENCHMARKS.md), and the loss's
 output derivatives come from one small autograd call instead of per-example torch.func transforms.
 
 The results are the same numbers as differentiating sum_j c_j L(z_j, theta) twice (tested against dense
