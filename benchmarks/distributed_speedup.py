@@ -52,7 +52,7 @@ def job(out: Path) -> None:
         run.model, run.task, run.checkpoints, run.train, run.recipe.weight_decay))
     timed("SOURCE scores (L=3, C=6)", lambda: tdakit.attribute(run, query, "source", curvature="ekfac",
                                                                progress=False))
-    timed("ground truth (8 x 1 retrainings)", lambda: groundtruth(run, query, subsets=8, seeds=1, chunk=2,
+    timed("ground truth (8 x 1 retrainings)", lambda: groundtruth(run, query, subsets=8, seeds=1, models_per_chunk=2,
                                                                   cache=False, progress=False))
     if distributed.is_main():
         out.write_text(json.dumps(times))

@@ -31,7 +31,7 @@ def press_delete(explorer: DeletionExplorer, queries, method: str, kind: str) ->
     times = []
     for q in queries:
         start = time.perf_counter()
-        explorer.delete(query=q, method=method, k=10, kind=kind)
+        explorer.delete(query=q, method=method, k=10, protocol=kind)
         explorer.wait()
         times.append(time.perf_counter() - start)
         assert explorer.last.query == q, explorer.message
@@ -50,7 +50,7 @@ def deletion(name: str, run, data, query, methods, seeds: int, repeats: int) -> 
         print(f"{name}: press Delete -> result, {kind} ({seeds if kind == 'fresh' else 1} models): "
               f"median {statistics.median(t):.1f} s over {len(t)} ({', '.join(f'{x:.1f}' for x in t)})", flush=True)
     start = time.perf_counter()
-    explorer.delete(query=1, method="SOURCE", k=10, kind="fresh")
+    explorer.delete(query=1, method="SOURCE", k=10, protocol="fresh")
     explorer.wait()
     out["repeated_s"] = time.perf_counter() - start
     print(f"{name}: a repeated deletion (from the cache): {out['repeated_s']:.2f} s", flush=True)

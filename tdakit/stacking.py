@@ -61,7 +61,8 @@ def stack_models(model: FlatModel, task: Task, x: Tensor, y: Tensor, device: tor
     batches like (x [B, ...], y [B]). On a GPU: always (kernels there are launch-bound at these sizes; not
     yet measured). On a CPU: while one model's step costs under ``CPU_STACKING_MFLOP`` million matrix-product
     FLOPs, a convolution FLOP counting ``CONV_WEIGHT`` (``step_flops``). The choice is a pure function of the
-    model, batch shape and device, so reruns take the same path; pass ``chunk=`` to retraining to override."""
+    model, batch shape and device, so reruns take the same path; ``models_per_chunk=`` on retraining overrides
+    it."""
     if torch.device(device or "cpu").type == "cuda":
         return True
     matmul, conv = step_flops(model, task, x, y)

@@ -65,7 +65,7 @@ def job(uneven: bool = False) -> dict:
         rows = [None] * distributed.world_size()
         torch.distributed.all_gather_object(rows, sum(made))
     subsets, seeds = (2, 2) if uneven else (4, 2)  # uneven: 4 retrainings, fewer chunks than 3 processes
-    truth = groundtruth(run, query, subsets=subsets, seeds=seeds, chunk=2, cache=False, progress=False)
+    truth = groundtruth(run, query, subsets=subsets, seeds=seeds, models_per_chunk=2, cache=False, progress=False)
     return {"world": distributed.world_size(), "gradient_rows": rows,
             "eigenvalues": [layer.eigenvalues for layer in factors.layers],
             "A": [layer.A_vectors for layer in factors.layers], "S": [layer.S_vectors for layer in factors.layers],

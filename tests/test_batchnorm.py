@@ -196,8 +196,8 @@ def test_models_trained_together_with_vmap_equal_models_trained_alone():
     keep = torch.rand(3, 24, generator=torch.Generator().manual_seed(0)) < 0.7
     keep[:, 0] = True
     keep[1] = keep[0]  # two models with the same count train in one vmap batch
-    together = retrain(run, keep, init_seeds=[1, 2, 3], order_seeds=[4, 5, 6], chunk=3, progress=False)
-    alone = retrain(run, keep, init_seeds=[1, 2, 3], order_seeds=[4, 5, 6], chunk=1, progress=False)
+    together = retrain(run, keep, init_seeds=[1, 2, 3], order_seeds=[4, 5, 6], models_per_chunk=3, progress=False)
+    alone = retrain(run, keep, init_seeds=[1, 2, 3], order_seeds=[4, 5, 6], models_per_chunk=1, progress=False)
     assert torch.allclose(together, alone, rtol=1e-10, atol=1e-12)
     assert not torch.equal(together[0, run.model.state_slice], run.init[run.model.state_slice])
 
@@ -239,7 +239,7 @@ def test_a_batch_of_deleted_points_trains_as_an_empty_batch():
     assert torch.isfinite(run.final).all()
     assert torch.allclose(run.final, _reference_training(run, data, weights), rtol=1e-9, atol=1e-11)
     # every path that replays the trajectory agrees: stacked retraining (the what-if explorer's "same" kind)
-    same = tdakit.evaluation.removal.retrained_measurements(full, data.subset(slice(0, 3)), [lone], kind="same")
+    same = tdakit.evaluation.removal.retrained_measurements(full, data.subset(slice(0, 3)), [lone], protocol="same")
     assert torch.allclose(same[0], measurements(run.model, run.task, run.final, data.subset(slice(0, 3))),
                           rtol=1e-9, atol=1e-11)
     assert torch.allclose(replay(run, torch.float64)[-1], run.final, rtol=1e-12, atol=1e-13)

@@ -162,7 +162,7 @@ def test_notebook_04_in_jupyterlab_and_chromium(tmp_path):
     os.environ["TDAKIT_CACHE"] = cache
     setting, data = tdakit.preset("concrete"), tdakit.preset("concrete").data()
     run = setting.train(data, progress=False, dtype=torch.float64)  # as the notebook trains it
-    trial = WhatIf(run, data.query, METHODS, seeds=5).delete(5, "SOURCE", 10, kind="fresh")
+    trial = WhatIf(run, data.query, METHODS, seeds=5).delete(5, "SOURCE", 10, protocol="fresh")
     units = views.units_of(run.task, data)
     assert shown == {label: units.text(value) for label, value in trial.predicted.items()}
     assert actual.startswith(units.text(trial.actual))

@@ -122,6 +122,6 @@ def test_the_deletion_explorer_shows_a_hint_for_a_user_error_and_says_a_bug_is_a
 
     monkeypatch.setattr(explorer.whatif, "delete", broken)
     with pytest.raises(RuntimeError):
-        explorer.delete(query=0, method="TracIn", k=2, kind="same")
+        explorer.delete(query=0, method="TracIn", k=2, protocol="same")
     assert "internal error" in explorer.status.value and "bug" in explorer.status.value
     assert views.failure_html(errors.SettingError("fix me")) == views.error_html("fix me")

@@ -93,7 +93,7 @@ def test_retraining_on_kept_points_equals_training_on_the_subset(tiny_run):
 
 def test_groundtruth_is_cached_per_chunk_and_resumes(tiny_run, small_regression, tmp_path, monkeypatch):
     _, query = small_regression
-    truth = groundtruth(tiny_run, query, subsets=6, seeds=2, chunk=4, cache=tmp_path, progress=False)
+    truth = groundtruth(tiny_run, query, subsets=6, seeds=2, models_per_chunk=4, cache=tmp_path, progress=False)
     assert truth.values.shape == (6, 2, len(query)) and truth.masks.sum(1).eq(32).all()
     chunks = sorted(tmp_path.glob("groundtruth-*.pt"))
     assert len(chunks) == 3
@@ -102,11 +102,13 @@ def test_groundtruth_is_cached_per_chunk_and_resumes(tiny_run, small_regression,
     original = ground_truth_module.retrain
     monkeypatch.setattr(ground_truth_module, "retrain",
                         lambda *a, **k: calls.append(1) or original(*a, **k))
-    again = groundtruth(tiny_run, query, subsets=6, seeds=2, chunk=4, cache=tmp_path, progress=False)
+    again = groundtruth(tiny_run, query, subsets=6, seeds=2, models_per_chunk=4, cache=tmp_path, progress=False)
     assert len(calls) == 1 and torch.equal(again.values, truth.values)
-    more = groundtruth(tiny_run, query, subsets=6, seeds=3, chunk=6, cache=tmp_path / "more", progress=False)
+    more = groundtruth(tiny_run, query, subsets=6, seeds=3, models_per_chunk=6, cache=tmp_path / "more",
+                       progress=False)
     calls.clear()
-    fewer = groundtruth(tiny_run, query, subsets=6, seeds=2, chunk=6, cache=tmp_path / "more", progress=False)
+    fewer = groundtruth(tiny_run, query, subsets=6, seeds=2, models_per_chunk=6, cache=tmp_path / "more",
+                        progress=False)
     assert not calls and torch.equal(fewer.values, more.values[:, :2])  # seeds are added, not recomputed
     assert torch.equal(fewer.values, truth.values)
 

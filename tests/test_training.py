@@ -1,7 +1,11 @@
+import dataclasses
+
 import pytest
 import torch
 
 import tdakit
+from tdakit.attribution import checkpoint_rates, segments_of
+from tdakit.attribution.unroll import replay
 from tdakit.recipe import batch_order, seed_of
 from tdakit.schedules import SCHEDULES, learning_rates
 from tdakit.stacking import CONV_WEIGHT, CPU_STACKING_MFLOP, retraining_chunk, stack_models, step_flops
@@ -10,6 +14,8 @@ from tdakit.training import train_many
 from .conftest import smooth_mlp
 
 RECIPE = tdakit.Recipe(lr=0.05, epochs=3, batch_size=10, momentum=0.9, weight_decay=1e-3)
+
+WD = 1e-3
 
 
 def test_batch_order_visits_every_point_once_per_epoch_with_padding():
@@ -149,3 +155,35 @@ def test_one_model_alone_takes_the_same_steps_as_models_stacked(small_regression
     for j in range(2):
         alone = train_many(model, train, RECIPE, tdakit.Regression(), inits[j:j + 1], orders[j:j + 1], progress=False)
         assert torch.allclose(together[j], alone[0], rtol=1e-10, atol=1e-12)
+
+
+def test_checkpoints_are_kept_sorted_and_unsorted_runs_are_refused(small_regression):
+    train, query = small_regression
+    run = tdakit.train(smooth_mlp(), train, tdakit.Recipe(lr=0.05, epochs=2, batch_size=16), tdakit.Regression(),
+                       checkpoints=[6, 2], dtype=torch.float64, progress=False, cache=False)
+    assert run.checkpoint_steps.tolist() == [2, 6]
+    thetas = replay(run)
+    assert torch.equal(run.checkpoints[0], thetas[2]) and torch.equal(run.checkpoints[1], thetas[6])
+    with pytest.raises(ValueError, match="checkpoint_steps must be sorted"):
+        dataclasses.replace(run, checkpoint_steps=torch.tensor([6, 2]))
+
+
+def test_checkpoints_sit_where_placed_and_segments_and_tracin_follow(small_regression):
+    train, _ = small_regression
+    recipe = tdakit.Recipe(lr=0.05, epochs=15, batch_size=8, schedule="linear")  # T = 120
+    end = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), dtype=torch.float64, progress=False,
+                       cache=False, checkpoints=tdakit.Checkpoints(6, "end"))
+    T = end.num_steps
+    assert end.checkpoint_placement == "end" and end.checkpoint_steps.tolist() == [20, 40, 60, 80, 100, 120]
+    assert torch.equal(end.checkpoints[-1], end.final)
+    assert [p.checkpoints for p in segments_of(end, 3)] == [(0, 1), (2, 3), (4, 5)]
+    rates = end.effective_lrs
+    expected = torch.stack([rates[a:a + 20].sum() for a in range(0, T, 20)])
+    assert torch.allclose(checkpoint_rates(end), expected, rtol=1e-12)
+    middle = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), dtype=torch.float64, progress=False,
+                          cache=False)  # the default: midpoints
+    assert middle.checkpoint_placement == "middle" and middle.checkpoint_steps.tolist() == [10, 30, 50, 70, 90, 110]
+    assert torch.allclose(checkpoint_rates(middle), expected, rtol=1e-12)  # the same pieces, nearest rule
+    every = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), checkpoints="all", dtype=torch.float64,
+                         progress=False, cache=False)
+    assert every.checkpoint_placement == "start" and torch.allclose(checkpoint_rates(every), rates, rtol=1e-12)

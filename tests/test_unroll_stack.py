@@ -141,6 +141,6 @@ def test_written_out_reverse_pass_equals_the_torch_func_one(small_regression):
     assert torch.allclose(initial_written, initial_generic, rtol=1e-10, atol=1e-12 * initial_generic.abs().max())
     assert generic[:, [3, 10]].abs().max() > 0
     # and through the query measurements, with queries split into chunks
-    scores = unrolled_scores(run, query, chunk=4, progress=False)
+    scores = unrolled_scores(run, query, query_chunk=4, progress=False)
     assert torch.allclose(scores, unrolled_scores(run, query, progress=False, written_out=False), rtol=1e-10,
                           atol=1e-12 * scores.abs().max())

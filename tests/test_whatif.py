@@ -28,7 +28,7 @@ def test_same_trajectory_deletion_of_one_point_agrees_with_exact_unrolling_to_fi
     """Deleting one point moves its weight from 1 to 0: exact unrolling predicts the change to first order."""
     predicted, actual = [], []
     for point in (0, 11, 23, 40, 57):
-        trial = explorer.delete(query=2, points=[point], kind="same")
+        trial = explorer.delete(query=2, points=[point], protocol="same")
         predicted.append(trial.predicted["exact unrolling"])
         actual.append(trial.actual)
     predicted, actual = torch.tensor(predicted), torch.tensor(actual)
@@ -41,7 +41,7 @@ def test_the_blamed_points_are_the_top_scores_and_fresh_seeds_are_paired_retrain
     scores = explorer.scores("influence").values[0]
     # an error: helpful points have the most negative scores (deleting them raises the error)
     assert helpful == scores.argsort()[:4].tolist() and harmful == scores.argsort(descending=True)[:4].tolist()
-    trial = explorer.delete(query=0, method="influence", k=4, kind="fresh")
+    trial = explorer.delete(query=0, method="influence", k=4, protocol="fresh")
     assert trial.points == tuple(sorted(helpful)) and trial.chosen_by == "influence"
     assert trial.predicted["influence"] == pytest.approx(-float(scores[helpful].sum()))
     full = tdakit.evaluation.retrained_measurements(explorer.run, explorer.query, [], "fresh", seeds=3)
@@ -52,15 +52,15 @@ def test_the_blamed_points_are_the_top_scores_and_fresh_seeds_are_paired_retrain
 
 
 def test_repeated_deletions_come_from_the_cache_and_undo_forgets_the_last(explorer, monkeypatch):
-    explorer.delete(query=1, points=[3, 5], kind="fresh")
+    explorer.delete(query=1, points=[3, 5], protocol="fresh")
     calls = []
     original = whatif.retrained_measurements
     monkeypatch.setattr(whatif, "retrained_measurements", lambda *a, **k: (calls.append(a), original(*a, **k))[1])
     before = len(explorer.history)
-    again = explorer.delete(query=4, points=[5, 3], kind="fresh")  # the same set, another query
+    again = explorer.delete(query=4, points=[5, 3], protocol="fresh")  # the same set, another query
     assert calls == [] and again.points == (3, 5)
     assert explorer.undo() is again and len(explorer.history) == before
-    explorer.delete(query=4, points=[3, 5, 6], kind="fresh")
+    explorer.delete(query=4, points=[3, 5, 6], protocol="fresh")
     assert len(calls) == 1
 
 
@@ -72,10 +72,11 @@ def test_bad_input_gets_a_message_and_the_explorer_stays_usable(explorer, small_
                             ({"query": 99, "points": [1]}, "query must be an index in 0..5"),
                             ({"query": 0, "method": "lissa", "k": 3}, "unknown method 'lissa'"),
                             ({"query": 0}, "say what to delete"),
-                            ({"query": 0, "points": [1], "kind": "other"}, "kind must be 'fresh'")]:
+                            ({"query": 0, "points": [1], "protocol": "other"},
+                             "protocol must be one of 'fresh', 'same'")]:
         with pytest.raises(ValueError, match=message):
             explorer.delete(**kwargs)
-    assert explorer.delete(query=0, points=[1], kind="same").points == (1,)  # still usable
+    assert explorer.delete(query=0, points=[1], protocol="same").points == (1,)  # still usable
     train, query = small_regression
     bare = tdakit.train(smooth_mlp(), train, tdakit.Recipe(epochs=1), tdakit.Regression(), checkpoints=0,
                         dtype=torch.float64, progress=False, cache=False)

@@ -74,9 +74,9 @@ def test_a_failing_job_reports_its_error_and_the_worker_keeps_working():
 # -- the deletion explorer -----------------------------------------------------------------------------
 def test_pressing_delete_shows_what_the_headless_explorer_computes(explorer, run_and_query):
     run, query = run_and_query
-    explorer.delete(query=2, method="SOURCE", k=3, kind="fresh")
+    explorer.delete(query=2, method="SOURCE", k=3, protocol="fresh")
     trial = explorer.last
-    reference = WhatIf(run, query, METHODS, seeds=2, cache=False).delete(2, "SOURCE", 3, kind="fresh")
+    reference = WhatIf(run, query, METHODS, seeds=2, cache=False).delete(2, "SOURCE", 3, protocol="fresh")
     assert trial.points == reference.points and trial.actual == pytest.approx(reference.actual)
     for label, value in reference.predicted.items():
         assert trial.predicted[label] == pytest.approx(value)
@@ -101,10 +101,10 @@ def test_query_from_the_list_or_a_click_and_both_kinds_and_undo(explorer):
     assert explorer.query.value == 1  # a picture shown at twice its size maps back to the same point
     explorer.click(-50, -50)
     assert "No query there" in explorer.message and explorer.query.value == 1
-    explorer.delete(kind="same")
+    explorer.delete(protocol="same")
     same = explorer.last
-    assert same.kind == "same" and same.spread == 0.0 and same.query == 1
-    explorer.delete_picked("0, 5 7", kind="fresh")
+    assert same.protocol == "same" and same.spread == 0.0 and same.query == 1
+    explorer.delete_picked("0, 5 7", protocol="fresh")
     assert explorer.last.points == (0, 5, 7) and explorer.last.chosen_by is None
     assert len(explorer.whatif.history) == 2
     explorer.undo()
@@ -137,17 +137,17 @@ def test_bad_input_shows_a_message_and_the_explorer_stays_usable(explorer, run_a
                                  seeds=1, cache=False), threaded=False)
     ex.method.value = "TracIn"
     assert "TracIn cannot run on this run: tracin needs checkpoints" in ex.message
-    ex.delete(method="grad dot", k=2, kind="same")
+    ex.delete(method="grad dot", k=2, protocol="same")
     assert ex.last is not None and set(ex.last.predicted) == {"grad dot"}
 
 
 def test_repeated_deletions_come_from_the_cache(explorer, monkeypatch):
     from tdakit.explore import whatif
-    explorer.delete(query=0, method="influence", k=3, kind="fresh")
+    explorer.delete(query=0, method="influence", k=3, protocol="fresh")
     calls = []
     original = whatif.retrained_measurements
     monkeypatch.setattr(whatif, "retrained_measurements", lambda *a, **k: (calls.append(a), original(*a, **k))[1])
-    explorer.delete(query=0, method="influence", k=3, kind="fresh")
+    explorer.delete(query=0, method="influence", k=3, protocol="fresh")
     assert calls == [] and explorer.message.startswith("Query 0: actual change")  # shown as a result
     assert explorer.whatif.history[-1].points == explorer.whatif.history[-2].points
 
@@ -167,9 +167,9 @@ def test_a_second_press_supersedes_a_running_deletion(run_and_query, monkeypatch
         return original(*args, on_step=on_step, **kwargs)
 
     monkeypatch.setattr(whatif, "retrained_measurements", slow)
-    ex.delete(query=0, method="SOURCE", k=3, kind="same")
+    ex.delete(query=0, method="SOURCE", k=3, protocol="same")
     assert started.wait(30)
-    ex.delete(query=0, method="SOURCE", k=5, kind="same")  # pressed again while the first is retraining
+    ex.delete(query=0, method="SOURCE", k=5, protocol="same")  # pressed again while the first is retraining
     assert ex.wait(120)
     assert ex._work.dropped == 1 and len(ex.whatif.history) == 1  # the first stopped, never recorded
     assert len(ex.last.points) == 5 and ex.whatif.history[-1] is ex.last
@@ -186,7 +186,7 @@ def test_image_data_get_a_grid_to_click_and_image_rows():
     x, y = ex._picker.centres[7]
     ex.click(x, y)
     assert ex.query.value == 7 and ex.points_image.value[:4] == b"\x89PNG"
-    ex.delete(kind="same")
+    ex.delete(protocol="same")
     assert ex.last.query == 7 and "nats" in ex.result.value
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from .. import curvature as curv
+from .. import deprecation
 from ..errors import SettingError, check_choice
 from ..hardware import Precision
 
@@ -46,9 +47,16 @@ class Settings:
         """Only the settings that differ from their defaults (what a Scores records)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
+    renamed: ClassVar[dict[str, str]] = {}  # tdakit 0.2's names of settings -> their names now
+
     @classmethod
     def build(cls, method: str, given: dict[str, Any]) -> Settings:
-        """The settings from keyword values, with a SettingError that lists the accepted names for a wrong one."""
+        """The settings from keyword values, with a SettingError that lists the accepted names for a wrong one
+        (an old name in ``renamed`` still works, with a warning)."""
+        for old, new in cls.renamed.items():
+            if old in given:
+                deprecation.warn(f"{method}'s setting {old}=", f"{new}=")
+                given = {**{k: v for k, v in given.items() if k != old}, new: given[old]}
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(given) - set(names))
         if unknown:
@@ -96,13 +104,16 @@ class UnrolledSettings(Settings):
     dtype: torch.dtype | None = setting(None, "dtype of the replay and the reverse pass (None: the run's; "
                                               "torch.float64 for checks against finite differences)",
                                         "float64 is slower than float32")
-    chunk: int = setting(128, "queries carried back together", "memory: the trajectory plus ~5 [chunk, P] adjoints")
+    query_chunk: int = setting(128, "queries carried back together",
+                               "memory: the trajectory plus ~5 [query_chunk, P] adjoints")
     written_out: bool = setting(True, "take the written-out reverse step for Linear/activation stacks "
                                       "(False: torch.func's vjp everywhere, same numbers)",
                                 "the written-out step is the faster where it applies (BENCHMARKS.md)")
 
+    renamed: ClassVar[dict[str, str]] = {"chunk": "query_chunk"}
+
     def __post_init__(self):
-        _whole("chunk", self.chunk, 1)
+        _whole("query_chunk", self.query_chunk, 1)
         if self.dtype is not None and not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
             raise SettingError(f"dtype must be a floating torch dtype or None, got {self.dtype!r}")
 

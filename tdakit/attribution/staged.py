@@ -47,7 +47,7 @@ def staged_source(staged: StagedRun, query: Split, segments: int | Sequence[int]
     return plans
 
 
-def staged_unrolled(staged: StagedRun, query: Split, dtype: torch.dtype | None = None, chunk: int = 128,
+def staged_unrolled(staged: StagedRun, query: Split, dtype: torch.dtype | None = None, query_chunk: int = 128,
                     written_out: bool = True, progress: bool = True) -> list[Tensor]:
     """Exact unrolling through every stage: [Q, N_s] for every stage s. The query gradients are taken at the
     replayed final parameters (in ``dtype``), so a pipeline of one stage is ``unrolled_scores``."""
@@ -57,8 +57,8 @@ def staged_unrolled(staged: StagedRun, query: Split, dtype: torch.dtype | None =
     v = measurement_grads(staged.model, staged.task, thetas[-1], query.to(dtype))
     out: list[Tensor] = [None] * len(staged.runs)  # type: ignore[list-item]
     for s in reversed(range(len(staged.runs))):
-        out[s], v = unrolled_adjoint(staged.runs[s], v, dtype, chunk, progress, thetas if s == len(out) - 1 else None,
-                                     written_out)
+        replayed = thetas if s == len(out) - 1 else None  # the last stage's trajectory is replayed already
+        out[s], v = unrolled_adjoint(staged.runs[s], v, dtype, query_chunk, progress, replayed, written_out)
     return out
 
 

@@ -38,7 +38,7 @@ def replay(run: Run, dtype: torch.dtype | None = None, weights: Tensor | None = 
     return torch.stack([theta] + [after for _, after, _ in steps(step, data, theta, run.batches, run.lrs, w)])
 
 
-def unrolled_scores(run: Run, query: Split, dtype: torch.dtype | None = None, chunk: int = 128,
+def unrolled_scores(run: Run, query: Split, dtype: torch.dtype | None = None, query_chunk: int = 128,
                     progress: bool = True, written_out: bool = True) -> Tensor:
     """score[q, i] = d f_q(theta_T(w)) / d w_i at w = run.weights, exactly, for this batch order.
 
@@ -49,10 +49,10 @@ def unrolled_scores(run: Run, query: Split, dtype: torch.dtype | None = None, ch
     dtype = dtype or run.final.dtype
     thetas = replay(run, dtype)
     v_final = measurement_grads(run.model, run.task, thetas[-1], query.to(dtype))  # [Q, P]
-    return unrolled_adjoint(run, v_final, dtype, chunk, progress, thetas, written_out)[0]
+    return unrolled_adjoint(run, v_final, dtype, query_chunk, progress, thetas, written_out)[0]
 
 
-def unrolled_adjoint(run: Run, v_final: Tensor, dtype: torch.dtype | None = None, chunk: int = 128,
+def unrolled_adjoint(run: Run, v_final: Tensor, dtype: torch.dtype | None = None, query_chunk: int = 128,
                      progress: bool = True, thetas: Tensor | None = None,
                      written_out: bool = True) -> tuple[Tensor, Tensor]:
     """The reverse pass for adjoints v_final [Q, P] of the final parameters: (d(v . theta_T)/d w_i
@@ -78,10 +78,10 @@ def unrolled_adjoint(run: Run, v_final: Tensor, dtype: torch.dtype | None = None
 
     scores = torch.zeros(len(v_final), len(data), dtype=dtype, device=v_final.device)
     initial = torch.zeros_like(v_final)
-    for start in range(0, len(v_final), chunk):
-        lam_theta = [t.contiguous() for t in model.parameter_tensors(v_final[start:start + chunk])]
+    for start in range(0, len(v_final), query_chunk):
+        lam_theta = [t.contiguous() for t in model.parameter_tensors(v_final[start:start + query_chunk])]
         lam_buf = [torch.zeros_like(t) for t in lam_theta]
-        rows = scores[start:start + chunk]
+        rows = scores[start:start + query_chunk]
         for k in tqdm(reversed(range(run.num_steps)), total=run.num_steps, desc="unroll",
                       disable=not progress, leave=False):
             idx = run.batches[k].to(scores.device)
@@ -109,5 +109,5 @@ def unrolled_adjoint(run: Run, v_final: Tensor, dtype: torch.dtype | None = None
             contrib = dc * (valid / valid.sum())
             rows.index_add_(1, idx.clamp(min=0), contrib * valid)
         # running statistics carry no adjoint: they enter every step detached
-        initial[start:start + chunk, :model.num_trainable] = torch.cat([t.flatten(1) for t in lam_theta], 1)
+        initial[start:start + query_chunk, :model.num_trainable] = torch.cat([t.flatten(1) for t in lam_theta], 1)
     return scores, initial

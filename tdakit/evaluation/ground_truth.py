@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .. import distributed, store
+from .. import deprecation, distributed, store
 from ..datasets import Split
 from ..errors import SettingError
 from ..grads import measurements
@@ -64,27 +64,36 @@ def retraining_key(run: Run) -> tuple:
 
 
 def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.5, seeds: int = 5,
-                seed: int = 0, chunk: int | None = None, cache: store.CacheSpec = True,
-                progress: bool = True) -> GroundTruth:
+                seed: int = 0, models_per_chunk: int | None = None, cache: store.CacheSpec = True,
+                progress: bool = True, chunk: int | None = None) -> GroundTruth:
     """Retrain ``subsets`` x ``seeds`` models with the run's recipe; see the module docstring.
 
-    chunk: jobs per cached piece (default: as many as train together in one vmap batch, so an
-    interruption loses at most one batch). cache: True ($TDAKIT_CACHE or ~/.cache/tdakit), a folder,
-    or False."""
+    models_per_chunk: retrainings per cached piece, trained together (default: one vmap batch,
+    ``stacking.retraining_chunk``, so an interruption loses at most one batch). cache: True ($TDAKIT_CACHE or
+    ~/.cache/tdakit), a folder, or False. chunk: tdakit 0.2's name of models_per_chunk."""
+    models_per_chunk = renamed_chunk(models_per_chunk, chunk, "groundtruth")
     check_counts(subsets, seeds, len(query))
     masks = random_subsets(run.num_train, subsets, fraction, seed)
 
     def retrain_jobs(keep: Tensor, init_seeds: list[int], order_seeds: list[int], on_step) -> Tensor:
         return retrain(run, keep, init_seeds=init_seeds, order_seeds=order_seeds, progress=False, on_step=on_step)
 
-    def measure(theta: Tensor) -> Tensor:
+    def measurements_of(theta: Tensor) -> Tensor:
         return measurements(run.model, run.task, theta, query.to(device=theta.device))
 
     key = store.key_of("groundtruth", retraining_key(run), query.fingerprint(), subsets, fraction, seed)
-    chunk = chunk or retraining_chunk(run.model, run.task, run.train, run.recipe.batch_size, run.final.dtype,
-                                      run.final.device)
-    return collect(masks, seeds, len(query), run.final.dtype, seed, retrain_jobs, measure, key, chunk, cache,
+    chunk = models_per_chunk or retraining_chunk(run.model, run.task, run.train, run.recipe.batch_size,
+                                                 run.final.dtype, run.final.device)
+    return collect(masks, seeds, len(query), run.final.dtype, seed, retrain_jobs, measurements_of, key, chunk, cache,
                    progress, "ground truth (models)")
+
+
+def renamed_chunk(models_per_chunk: int | None, chunk: int | None, caller: str) -> int | None:
+    """``models_per_chunk``, or tdakit 0.2's ``chunk=`` for it with a warning."""
+    if chunk is None:
+        return models_per_chunk
+    deprecation.warn(f"{caller}(chunk=...)", f"{caller}(models_per_chunk=...)")
+    return chunk
 
 
 def check_counts(subsets: int, seeds: int, queries: int) -> None:
@@ -97,10 +106,10 @@ def check_counts(subsets: int, seeds: int, queries: int) -> None:
 
 
 def collect(masks: Tensor, seeds: int, queries: int, dtype: torch.dtype, seed: int,
-            retrain_jobs: Callable[..., Tensor], measure: Callable[[Tensor], Tensor], key: str, chunk: int,
+            retrain_jobs: Callable[..., Tensor], measurements_of: Callable[[Tensor], Tensor], key: str, chunk: int,
             cache: store.CacheSpec, progress: bool, desc: str) -> GroundTruth:
     """Run every (subset m, seed r) job through ``retrain_jobs(keep [J, N], init_seeds, order_seeds,
-    on_step) -> theta [J, P]`` in chunks, measure them (``measure(theta) -> [J, queries]`` in ``dtype``) and
+    on_step) -> theta [J, P]`` in chunks, measure them (``measurements_of(theta) -> [J, queries]`` in ``dtype``) and
     cache each chunk atomically under ``key`` and the jobs it holds. Jobs run seed by seed, so asking again
     with more seeds reuses every chunk already computed. The progress bar counts models and moves with every
     training step.
@@ -131,7 +140,7 @@ def collect(masks: Tensor, seeds: int, queries: int, dtype: torch.dtype, seed: i
         def compute(part=part, advance=advance) -> dict:
             theta = retrain_jobs(masks[[m for m, _ in part]], [seed_of("init", seed, r) for _, r in part],
                                  [seed_of("order", seed, m, r) for m, r in part], advance)
-            return {"values": measure(theta).cpu()}
+            return {"values": measurements_of(theta).cpu()}
 
         got = store.cached(cache, "groundtruth", store.key_of(key, part), compute)["values"]
         for (m, r), row in zip(part, got, strict=True):

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from ..datasets import Split
-from ..errors import SettingError
+from ..errors import SettingError, check_choice
 from ..grads import measurements
 from ..recipe import seed_of
 from ..training import Run
@@ -37,23 +38,23 @@ def _full_and_removed(run: Run, query: Split, removed: list[Tensor], seeds: int,
     return f[:, J], f[:, :J].transpose(0, 1)
 
 
-KINDS = ("fresh", "same")
+Protocol = Literal["fresh", "same"]  # how a deletion is retrained: new seeds, or the recorded trajectory
+PROTOCOLS: tuple[str, ...] = ("fresh", "same")
 
 
-def retrained_measurements(run: Run, query: Split, removed: Sequence[int] | Tensor, kind: str = "fresh",
+def retrained_measurements(run: Run, query: Split, removed: Sequence[int] | Tensor, protocol: Protocol = "fresh",
                            seeds: int = 5, seed: int = 0, progress: bool = False,
                            on_step: Callable[[float], object] | None = None) -> Tensor:
     """f_q after deleting the training points ``removed`` and retraining, in measurement units.
 
-    kind="fresh": R = ``seeds`` new models (seed r: its own initialisation and batch order, the same for any
-    ``removed``, so that differences between deletions are paired): [R, Q]. kind="same": the recorded
+    protocol="fresh": R = ``seeds`` new models (seed r: its own initialisation and batch order, the same for any
+    ``removed``, so that differences between deletions are paired): [R, Q]. protocol="same": the recorded
     trajectory (the run's initialisation and batch order) rerun with w_i = 0 for the removed points, the
     counterfactual exact unrolling linearises: [1, Q]. An empty ``removed`` gives the full-data reference.
     on_step(models / T) after every training step (progress bars; an exception raised there stops the work)."""
-    if kind not in KINDS:
-        raise SettingError(f"kind must be one of {KINDS}: 'fresh' (new seeds) or 'same' (the recorded trajectory)")
+    check_choice("protocol", protocol, Protocol)
     removed = _check_points(removed, run.num_train)
-    if kind == "same":
+    if protocol == "same":
         weights = run.weights.detach().clone().to(run.final.dtype)[None]
         weights[0, removed] = 0.0
         theta = retrain_reweighted(run, weights, progress=progress, on_step=on_step)

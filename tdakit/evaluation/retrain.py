@@ -19,11 +19,11 @@ from ..stacking import even_chunks, retraining_chunk
 from ..training import Run, train_many
 
 
-def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None = None, progress: bool = True,
+def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, models_per_chunk: int | None = None, progress: bool = True,
             desc: str = "retrain", on_step: Callable[[float], object] | None = None) -> Tensor:
     """keep: bool [J, N]; init_seeds, order_seeds: J ints. Returns final parameters [J, P].
 
-    chunk: models trained together (default: ``retraining_chunk``, which says whether stacking pays).
+    models_per_chunk: models trained together (default: ``retraining_chunk``, which says whether stacking pays).
     on_step: see ``train_many``."""
     keep = torch.as_tensor(keep, dtype=torch.bool)
     if keep.dim() != 2 or keep.shape[1] != run.num_train:
@@ -34,7 +34,8 @@ def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None =
     device = run.final.device
     out = torch.empty(len(keep), run.model.num_params, dtype=run.final.dtype, device=device)
     r = run.recipe
-    chunk = chunk or retraining_chunk(run.model, run.task, run.train, r.batch_size, run.final.dtype, device)
+    chunk = models_per_chunk or retraining_chunk(run.model, run.task, run.train, r.batch_size, run.final.dtype,
+                                                 device)
     for count in counts.unique().tolist():
         rows = (counts == count).nonzero()[:, 0]
         size = even_chunks(len(rows), chunk)
@@ -49,13 +50,13 @@ def retrain(run: Run, keep: Tensor, init_seeds, order_seeds, chunk: int | None =
     return out
 
 
-def retrain_reweighted(run: Run, weights: Tensor, chunk: int | None = None, progress: bool = True,
+def retrain_reweighted(run: Run, weights: Tensor, models_per_chunk: int | None = None, progress: bool = True,
                        on_step: Callable[[float], object] | None = None) -> Tensor:
     """Rerun the recorded trajectory (same init, batch order, rates) with weights [J, N]: [J, P].
     on_step: see ``train_many``."""
     weights = torch.as_tensor(weights, dtype=run.final.dtype, device=run.final.device)
-    chunk = chunk or retraining_chunk(run.model, run.task, run.train, run.recipe.batch_size, run.final.dtype,
-                                      run.final.device)
+    chunk = models_per_chunk or retraining_chunk(run.model, run.task, run.train, run.recipe.batch_size,
+                                                 run.final.dtype, run.final.device)
     out = []
     chunk = even_chunks(len(weights), chunk)
     for s in range(0, len(weights), chunk):

@@ -15,7 +15,7 @@ from ..recipe import batch_order, seed_of
 from ..stacking import even_chunks, retraining_chunk
 from ..stages import StagedRun
 from ..training import train_many
-from .ground_truth import GroundTruth, check_counts, collect, random_subsets, retraining_key
+from .ground_truth import GroundTruth, check_counts, collect, random_subsets, renamed_chunk, retraining_key
 
 
 def _share(on_step: Callable[[float], object], parts: int) -> Callable[[float], object]:
@@ -61,11 +61,13 @@ def retrain_stages(staged: StagedRun, stage: int, keep: Tensor, init_seeds: Sequ
 
 
 def groundtruth_stages(staged: StagedRun, query: Split, stage: int | str, subsets: int = 100, fraction: float = 0.5,
-                       seeds: int = 5, seed: int = 0, chunk: int | None = None, cache: store.CacheSpec = True,
-                       progress: bool = True) -> GroundTruth:
+                       seeds: int = 5, seed: int = 0, models_per_chunk: int | None = None,
+                       cache: store.CacheSpec = True, progress: bool = True,
+                       chunk: int | None = None) -> GroundTruth:
     """LDS ground truth for one stage's points: M random subsets of that stage's data, the whole pipeline
-    rerun R seeds on each (other stages keep all their data). values[m, r, q]; cached per chunk (default:
-    one vmap batch)."""
+    rerun R seeds on each (other stages keep all their data). values[m, r, q]; cached per chunk of
+    ``models_per_chunk`` pipelines (default: one vmap batch; ``chunk``: tdakit 0.2's name for it)."""
+    models_per_chunk = renamed_chunk(models_per_chunk, chunk, "groundtruth_stages")
     check_counts(subsets, seeds, len(query))
     s = staged.stage(stage)
     masks = random_subsets(staged.runs[s].num_train, subsets, fraction, seed)
@@ -73,8 +75,9 @@ def groundtruth_stages(staged: StagedRun, query: Split, stage: int | str, subset
     def retrain_jobs(keep: Tensor, init_seeds: list[int], order_seeds: list[int], on_step) -> Tensor:
         return retrain_stages(staged, s, keep, init_seeds, order_seeds, on_step=on_step)
 
-    chunk = chunk or retraining_chunk(staged.model, staged.task, staged.runs[s].train,
-                                      staged.runs[s].recipe.batch_size, staged.final.dtype, staged.final.device)
+    chunk = models_per_chunk or retraining_chunk(staged.model, staged.task, staged.runs[s].train,
+                                                 staged.runs[s].recipe.batch_size, staged.final.dtype,
+                                                 staged.final.device)
     key = store.key_of("groundtruth-stages", [retraining_key(r) for r in staged.runs], s, query.fingerprint(), subsets,
                        fraction, seed)
     return collect(masks, seeds, len(query), staged.final.dtype, seed, retrain_jobs,

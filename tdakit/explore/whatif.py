@@ -5,13 +5,13 @@ and compare the change each method predicted with the change that actually happe
 click does, as plain method calls, so notebooks and tests can drive it without a browser:
 
     explorer = WhatIf(run, data.query, preset("concrete").methods(), seeds=5)
-    trial = explorer.delete(query=0, method="SOURCE (L=3, C=6)", k=10, kind="fresh")
+    trial = explorer.delete(query=0, method="SOURCE (L=3, C=6)", k=10, protocol="fresh")
     trial.predicted      # {method label: -sum of the deleted points' scores}, measurement units
     trial.actual         # mean change of f_q over the retrained seeds (same units), trial.spread its std error
 
-Two kinds of "actually" (docs/evaluation.md): ``"fresh"`` retrains R models with new initialisations and
+Two protocols of "actually" (docs/evaluation.md): ``"fresh"`` retrains R models with new initialisations and
 batch orders (the expected effect, what LDS judges); ``"same"`` reruns the recorded trajectory with the deleted
-points' weights set to 0 (what exact unrolling linearises). Retrained outcomes are cached per (points, kind),
+points' weights set to 0 (what exact unrolling linearises). Retrained outcomes are cached per (points, protocol),
 so repeating a deletion is immediate.
 """
 
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from .. import store
+from .. import deprecation, store
 from ..attribution import Scores, check_method
 from ..concurrency import compute_lock
 from ..datasets import Split
-from ..errors import SettingError, TdakitError
-from ..evaluation.removal import KINDS, most_harmful_to_remove, retrained_measurements
+from ..errors import SettingError, TdakitError, check_choice
+from ..evaluation.removal import Protocol, most_harmful_to_remove, retrained_measurements
 from ..experiment import Method, as_method, compute_scores
 from ..training import Run
 
@@ -43,7 +43,7 @@ class Trial:
     query: int
     chosen_by: str | None  # a method label, or None for points picked by hand
     side: str  # "helpful" or "harmful" (for a method's choice) or "picked"
-    kind: str
+    protocol: str
     points: tuple[int, ...]
     predicted: dict[str, float]
     actual: float
@@ -53,6 +53,12 @@ class Trial:
     def error(self, method: str) -> float:
         """predicted - actual for one method."""
         return self.predicted[method] - self.actual
+
+    @property
+    def kind(self) -> str:
+        """Deprecated: ``protocol``."""
+        deprecation.warn("Trial.kind", "Trial.protocol")
+        return self.protocol
 
 
 @dataclass
@@ -120,31 +126,29 @@ class WhatIf:
         return {label: float(self.scores(label).predicted_change(points)[query]) for label in self.available}
 
     # -- what actually happens ---------------------------------------------------------------------------
-    def outcome(self, points: Sequence[int], kind: str = "fresh",
+    def outcome(self, points: Sequence[int], protocol: Protocol = "fresh",
                 on_step: Callable[[float], object] | None = None) -> Tensor:
         """f_q of every query after deleting ``points`` and retraining, per seed: [R, Q] (cached).
         on_step: called after every training step (progress; raising there stops the retraining)."""
-        if kind not in KINDS:
-            raise SettingError(f"kind must be 'fresh' (new seeds: the expected effect) or 'same' (the recorded "
-                             f"trajectory), got {kind!r}")
-        key = (kind, tuple(sorted(set(points))))
+        check_choice("protocol", protocol, Protocol)
+        key = (protocol, tuple(sorted(set(points))))
         with compute_lock:
             if key not in self._outcomes:
-                self._outcomes[key] = retrained_measurements(self.run, self.query, list(key[1]), kind, self.seeds,
+                self._outcomes[key] = retrained_measurements(self.run, self.query, list(key[1]), protocol, self.seeds,
                                                              self.seed, progress=self.progress, on_step=on_step)
         return self._outcomes[key]
 
-    def is_cached(self, points: Sequence[int], kind: str) -> bool:
+    def is_cached(self, points: Sequence[int], protocol: Protocol) -> bool:
         """Whether deleting ``points`` (and the full-data reference) has been retrained already."""
-        return all((kind, key) in self._outcomes for key in (tuple(sorted(set(points))), ()))
+        return all((protocol, key) in self._outcomes for key in (tuple(sorted(set(points))), ()))
 
-    def actual(self, query: int, points: Sequence[int], kind: str = "fresh",
+    def actual(self, query: int, points: Sequence[int], protocol: Protocol = "fresh",
                on_step: Callable[[float], object] | None = None) -> tuple[float, float]:
         """(mean change of f_q, its standard error over seeds) when ``points`` are deleted; for "same" the
         error is 0 (one trajectory)."""
         self._check_query(query)
         points = self._check_points(points)
-        change = self.outcome(points, kind, on_step)[:, query] - self.outcome([], kind, on_step)[:, query]
+        change = self.outcome(points, protocol, on_step)[:, query] - self.outcome([], protocol, on_step)[:, query]
         spread = float(change.std() / len(change) ** 0.5) if len(change) > 1 else 0.0
         return float(change.mean()), spread
 
@@ -162,16 +166,21 @@ class WhatIf:
         return sorted(helpful if side == "helpful" else harmful)
 
     def delete(self, query: int, method: str | None = None, k: int | None = None, points: Sequence[int] | None = None,
-               kind: str = "fresh", side: str = "helpful", on_step: Callable[[float], object] | None = None) -> Trial:
+               protocol: Protocol = "fresh", side: str = "helpful", on_step: Callable[[float], object] | None = None,
+               kind: str | None = None) -> Trial:
         """Delete a method's k most helpful (``side="harmful"``: most harmful) points for a query, or the
-        hand-picked ``points``; retrain; record and return the trial."""
+        hand-picked ``points``; retrain (``protocol``: "fresh" seeds or the "same" trajectory); record and return
+        the trial. ``kind=`` is tdakit 0.2's name for ``protocol``."""
+        if kind is not None:
+            deprecation.warn("WhatIf.delete(kind=...)", "WhatIf.delete(protocol=...)")
+            protocol = kind
         start = time.perf_counter()
         self._check_query(query)
         picked = points is not None
         points = self.choose(query, method, k, points, side)
         predicted = self.predict(query, points)
-        actual, spread = self.actual(query, points, kind, on_step)
-        trial = Trial(query, None if picked else method, "picked" if picked else side, kind, tuple(points),
+        actual, spread = self.actual(query, points, protocol, on_step)
+        trial = Trial(query, None if picked else method, "picked" if picked else side, protocol, tuple(points),
                       predicted, actual, spread, time.perf_counter() - start)
         self.history.append(trial)
         return trial

@@ -15,6 +15,7 @@ import ipywidgets as W
 from ipyevents import Event
 from IPython.display import display
 
+from .. import deprecation
 from ..datasets import Dataset
 from ..errors import SettingError, TdakitError
 from ..explore.whatif import SIDES, Trial, WhatIf
@@ -29,8 +30,11 @@ class DeletionExplorer:
 
     threaded=False runs every request at once on the caller's thread (tests, headless use)."""
 
-    def __init__(self, whatif: WhatIf, data: Dataset | None = None, k: int = 10, kind: str = "fresh",
-                 method: str | None = None, query: int = 0, threaded: bool = True):
+    def __init__(self, whatif: WhatIf, data: Dataset | None = None, k: int = 10, protocol: str = "fresh",
+                 method: str | None = None, query: int = 0, threaded: bool = True, kind: str | None = None):
+        if kind is not None:
+            deprecation.warn("DeletionExplorer(kind=...)", "DeletionExplorer(protocol=...)")
+            protocol = kind
         self.whatif = whatif
         self.data = data
         run = whatif.run
@@ -42,7 +46,7 @@ class DeletionExplorer:
         self._work = Background(threaded, on_busy=self._busy)
         self._query_outputs = run.model(run.final, whatif.query.x.to(run.final.dtype)).detach()
 
-        self._make_controls(k, kind, method, query)
+        self._make_controls(k, protocol, method, query)
         self._make_displays()
         self._connect()
         self.view = self._layout()
@@ -50,7 +54,7 @@ class DeletionExplorer:
         self._draw_trials()
         self._refresh()
 
-    def _make_controls(self, k: int, kind: str, method: str | None, query: int) -> None:
+    def _make_controls(self, k: int, protocol: str, method: str | None, query: int) -> None:
         whatif, run = self.whatif, self.whatif.run
         self.query = W.Dropdown(options=[(self._query_text(i), i) for i in range(len(whatif.query))], value=query,
                                 description="query", layout=W.Layout(width="330px"))
@@ -60,7 +64,7 @@ class DeletionExplorer:
                                   layout=W.Layout(width="140px"))
         self.side = W.ToggleButtons(options=[("most helpful", "helpful"), ("most harmful", "harmful")],
                                     value="helpful", description="delete", style={"button_width": "130px"})
-        self.kind = W.ToggleButtons(options=[("fresh seeds", "fresh"), ("same trajectory", "same")], value=kind,
+        self.protocol = W.ToggleButtons(options=[("fresh seeds", "fresh"), ("same trajectory", "same")], value=protocol,
                                     description="retrain", style={"button_width": "135px"},
                                     tooltips=["R new initialisations and batch orders: the expected effect (LDS)",
                                               "the recorded initialisation and batch order, deleted weights 0: "
@@ -82,7 +86,7 @@ class DeletionExplorer:
         self.trials_image = W.Image(format="png", layout=W.Layout(max_width="480px", height="auto",
                                                                   object_fit="contain"))
         self._picker: views.Picker | None = None
-        for name, widget in (("query", self.query), ("method", self.method), ("k", self.k), ("kind", self.kind),
+        for name, widget in (("query", self.query), ("method", self.method), ("k", self.k), ("kind", self.protocol),
                              ("delete", self.delete_button), ("picked", self.picked), ("undo", self.undo_button),
                              ("status", self.status), ("result", self.result), ("picker", self.picker_image)):
             widget.add_class(f"tdakit-{name}")  # stable handles for the browser test and for styling
@@ -101,7 +105,7 @@ class DeletionExplorer:
     def _layout(self) -> W.VBox:
         return W.VBox([
             W.HBox([self.query, self.method, self.k]),
-            W.HBox([self.side, self.kind]),
+            W.HBox([self.side, self.protocol]),
             W.HBox([self.delete_button, self.picked, self.picked_button, self.undo_button]),
             W.HBox([self.progress, self.status]),
             W.HBox([self.picker_image, W.VBox([self.points_view, self.points_image])],
@@ -129,10 +133,10 @@ class DeletionExplorer:
             self.select_query(hit)
 
     def delete(self, query: int | None = None, method: str | None = None, k: int | None = None,
-               side: str | None = None, kind: str | None = None) -> None:
+               side: str | None = None, protocol: str | None = None, kind: str | None = None) -> None:
         """Press "Delete top k" (arguments set the controls first)."""
-        self._set(query, method, k, side, kind)
-        q, m, k, s, kd = self.query.value, self.method.value, self.k.value, self.side.value, self.kind.value
+        self._set(query, method, k, side, _protocol(protocol, kind, "delete"))
+        q, m, k, s, kd = self.query.value, self.method.value, self.k.value, self.side.value, self.protocol.value
         try:  # the quick checks here, so that a mistake is a message at once; scoring runs in the background
             self.whatif.check(method=m, k=k)
         except TdakitError as error:
@@ -141,17 +145,18 @@ class DeletionExplorer:
 
         self._start_deletion(q, kd, f"the {k} most {s} points by {m}", method=m, k=k, side=s)
 
-    def delete_picked(self, points: str | list[int] | None = None, kind: str | None = None) -> None:
+    def delete_picked(self, points: str | list[int] | None = None, protocol: str | None = None,
+                      kind: str | None = None) -> None:
         """Press "Delete these": the hand-picked points in the text box (or ``points``)."""
         if points is not None:
             self.picked.value = points if isinstance(points, str) else ", ".join(map(str, points))
-        self._set(kind=kind)
+        self._set(protocol=_protocol(protocol, kind, "delete_picked"))
         text = self.picked.value.strip()
         if not re.fullmatch(r"[\d,;\s]*", text):
             self._error(f"write training point numbers separated by commas, e.g. 3, 17, 42 (got {text!r})")
             return
         chosen = [int(t) for t in re.split(r"[,;\s]+", text) if t]
-        q, kd = self.query.value, self.kind.value
+        q, kd = self.query.value, self.protocol.value
         try:
             chosen = self.whatif.choose(q, points=chosen)
         except TdakitError as error:
@@ -182,7 +187,7 @@ class DeletionExplorer:
         return re.sub(r"<[^>]+>", "", self.status.value).replace("⚠ ", "").strip()
 
     # -- internals ---------------------------------------------------------------------------------------
-    def _set(self, query=None, method=None, k=None, side=None, kind=None) -> None:
+    def _set(self, query=None, method=None, k=None, side=None, protocol=None) -> None:
         if query is not None:
             self.select_query(query)
         if method is not None:
@@ -193,8 +198,8 @@ class DeletionExplorer:
             if side not in SIDES:
                 raise SettingError(f"side must be 'helpful' or 'harmful', got {side!r}")
             self.side.value = side
-        if kind is not None:
-            self.kind.value = kind
+        if protocol is not None:
+            self.protocol.value = protocol
 
     def _error(self, message: str) -> None:
         self.status.value = views.error_html(message)
@@ -277,11 +282,11 @@ class DeletionExplorer:
             self.status.value = views.info_html(f"Query {q}: press Delete to retrain without the "
                                                 f"{self.side.value} points.")
 
-    def _start_deletion(self, query: int, kind: str, what: str, **selection) -> None:
+    def _start_deletion(self, query: int, protocol: str, what: str, **selection) -> None:
         """Delete ``selection`` (method=, k=, side= or points=, as ``WhatIf.delete`` takes them) for ``query`` on
         the deletion worker; naming a method's points may need its scores, so that runs there too."""
         wi = self.whatif
-        how = (f"retraining {wi.seeds} models on fresh seeds" if kind == "fresh" else
+        how = (f"retraining {wi.seeds} models on fresh seeds" if protocol == "fresh" else
                "rerunning the same trajectory")
         self.status.value = views.info_html(f"Deleting {what}: {how} ...")
         self.progress.value = 0.0
@@ -289,8 +294,8 @@ class DeletionExplorer:
         def work(job: Job):
             chosen = wi.choose(query, **selection)  # for the progress bar's total (scores are computed once)
             job.checkpoint()
-            todo = 0 if wi.is_cached(chosen, kind) else (wi.seeds if kind == "fresh" else 1) * (
-                1 if wi.is_cached([], kind) else 2)
+            todo = 0 if wi.is_cached(chosen, protocol) else (wi.seeds if protocol == "fresh" else 1) * (
+                1 if wi.is_cached([], protocol) else 2)
             done = [0.0, 0.0]
 
             def on_step(models: float) -> None:
@@ -300,7 +305,7 @@ class DeletionExplorer:
                 if fraction - done[1] >= 0.02:  # a few dozen updates, not one per step
                     done[1] = fraction
                     self.progress.value = min(fraction, 1.0)
-            return wi.delete(query, kind=kind, on_step=on_step, **selection)
+            return wi.delete(query, protocol=protocol, on_step=on_step, **selection)
 
         self._work.submit(work, self._show_trial, self._failed)
 
@@ -314,3 +319,11 @@ class DeletionExplorer:
 
     def _draw_trials(self) -> None:
         self.trials_image.value = views.trials_plot(self.whatif.history, self.units, self.whatif.available)
+
+
+def _protocol(protocol: str | None, kind: str | None, method: str) -> str | None:
+    """``protocol=``, or tdakit 0.2's ``kind=`` with a warning."""
+    if kind is None:
+        return protocol
+    deprecation.warn(f"DeletionExplorer.{method}(kind=...)", f"DeletionExplorer.{method}(protocol=...)")
+    return kind

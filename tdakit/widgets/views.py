@@ -220,7 +220,7 @@ def trials_plot(trials, units: Units, methods: Sequence[str]) -> bytes:
                 px, py = s * t.predicted[label], s * t.actual
                 values += [px, py]
                 actuals.append(abs(py))
-                marker = "o" if t.kind == "fresh" else "s"
+                marker = "o" if t.protocol == "fresh" else "s"
                 ax.errorbar(px, py, yerr=s * t.spread if t.spread else None, fmt=marker, ms=5,
                             color=plots.color_of(label), label=None if label in seen else label, capsize=2)
                 seen.add(label)
@@ -246,12 +246,12 @@ def trial_html(trial, units: Units) -> str:
     """The last deletion as an HTML table: each method's prediction and the actual change."""
     what = (f"{len(trial.points)} points picked by hand" if trial.chosen_by is None else
             f"the {len(trial.points)} most {trial.side} points by {trial.chosen_by}")
-    kind = "fresh seeds" if trial.kind == "fresh" else "the same trajectory"
+    how = "fresh seeds" if trial.protocol == "fresh" else "the same trajectory"
     actual = units.text(trial.actual) + (f" ± {units.scale * trial.spread:.3f}" if trial.spread else "")
     rows = "".join(f"<tr><td>{html.escape(label)}</td><td class='tdakit-predicted' data-method='{html.escape(label)}'>"
                    f"{units.text(value)}</td><td>{units.text(value - trial.actual)}</td></tr>"
                    for label, value in trial.predicted.items())
-    return (f"<div class='tdakit-trial'><b>Query {trial.query}: deleted {what}; retrained on {kind}</b>"
+    return (f"<div class='tdakit-trial'><b>Query {trial.query}: deleted {what}; retrained on {how}</b>"
             f"<table style='font-size:12px'><tr><th>method</th><th>predicted change</th><th>predicted - actual</th>"
             f"</tr>{rows}<tr><td><b>actual</b></td><td class='tdakit-actual'><b>{actual}</b></td><td></td></tr>"
             f"</table><small>{len(trial.points)} points: {', '.join(map(str, trial.points[:30]))}"
