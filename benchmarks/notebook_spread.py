@@ -76,38 +76,53 @@ def run(path: str, chosen: list[str] | None, out: Path) -> None:
         print(f"{path}: {notebook.name} done", flush=True)
 
 
-def report(folders: list[Path]) -> None:
+def report(folders: list[Path], markdown: bool = False) -> None:
+    """Per cell: how many printed numbers moved on any path, the largest move on each path, and whether the cell
+    passes its check (its metadata tolerance) everywhere. markdown: as the rows of BENCHMARKS.md's table."""
+    names = [f.name for f in folders]
+    if markdown:
+        print("| notebook | cell | numbers moved | largest move: " + " / ".join(names) + " | tolerance | check |")
+        print("|---|---|---|---|---|---|")
     for notebook in notebooks(None):
         stored = nbformat.read(notebook, as_version=4)
         runs = {f.name: nbformat.read(f / notebook.name, as_version=4) for f in folders
                 if (f / notebook.name).exists()}
         if not runs:
             continue
-        print(f"\n## {notebook.name} ({', '.join(runs)})")
+        if not markdown:
+            print(f"\n## {notebook.name} ({', '.join(runs)})")
         for index, cell in enumerate(stored.cells):
-            if not checked(cell):
-                continue
-            tolerance = Tolerance.of_cell(cell.metadata)
-            for k, text in enumerate(cell_outputs(cell)):
-                others = {name: cell_outputs(nb.cells[index]) for name, nb in runs.items()}
-                others = {name: outs[k] if k < len(outs) else "" for name, outs in others.items()}
-                moved = spreads(text, list(others.values()))
-                failing = {name: differences(text, other, tolerance) for name, other in others.items()}
-                failing = {name: lines for name, lines in failing.items() if lines}
-                if moved is None:
-                    print(f"cell {index}: TEXT DIFFERS in {sorted(failing)}: {failing}")
-                    continue
-                worst = [(before, n, d) for before, n, d in moved if d > 0]
-                if not worst:
-                    continue
-                top = max(worst, key=lambda w: w[2])
-                rel = max(d / max(abs(float(n)), 1e-12) for _, n, d in worst)
-                status = f"FAILS in {sorted(failing)}" if failing else "passes"
-                print(f"cell {index}: {len(worst)}/{len(moved)} numbers moved; largest {top[2]:.3g} "
-                      f"(at ...{top[0]!r}{top[1]}), largest relative {rel:.2g}; check {status}")
-                for name, lines in failing.items():
-                    for line in lines[:4]:
-                        print(f"    {name}: {line}")
+            if checked(cell):
+                _report_cell(notebook.name[:2], index, cell, runs, markdown)
+
+
+def _report_cell(label: str, index: int, cell, runs: dict, markdown: bool) -> None:
+    tolerance = Tolerance.of_cell(cell.metadata)
+    for k, text in enumerate(cell_outputs(cell)):
+        others = {name: cell_outputs(nb.cells[index]) for name, nb in runs.items()}
+        others = {name: outs[k] if k < len(outs) else "" for name, outs in others.items()}
+        failing = {name: lines for name, other in others.items()
+                   if (lines := differences(text, other, tolerance))}
+        moved_by = {name: spreads(text, [other]) for name, other in others.items()}
+        if any(m is None for m in moved_by.values()):
+            print(f"cell {index}: TEXT DIFFERS in {sorted(n for n, m in moved_by.items() if m is None)}")
+            continue
+        largest = {name: max((d for _, _, d in m), default=0.0) for name, m in moved_by.items()}
+        moved = {j for m in moved_by.values() for j, (_, _, d) in enumerate(m) if d > 0}
+        if not moved and not failing:
+            continue
+        total = len(next(iter(moved_by.values())))
+        status = f"FAILS in {', '.join(sorted(failing))}" if failing else "passes"
+        allowed = "one unit" if tolerance == Tolerance() else f"one unit + {tolerance.abs:g} + {tolerance.rel:g} x"
+        if markdown:
+            moves = " / ".join(f"{largest[n]:.3g}" for n in runs)
+            print(f"| {label} | {index} | {len(moved)} of {total} | {moves} | {allowed} | {status} |")
+        else:
+            print(f"cell {index}: {len(moved)}/{total} numbers moved; largest per path "
+                  f"{ {n: round(v, 6) for n, v in largest.items()} }; check {status}")
+            for name, lines in failing.items():
+                for line in lines[:4]:
+                    print(f"    {name}: {line}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,11 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--out", type=Path, default=ROOT / "test-artifacts" / "notebook-spread")
     p = sub.add_parser("report")
     p.add_argument("folders", type=Path, nargs="+")
+    p.add_argument("--markdown", action="store_true", help="rows of the table in BENCHMARKS.md")
     args = parser.parse_args(argv)
     if args.command == "run":
         run(args.path, args.notebooks, args.out)
     else:
-        report(args.folders)
+        report(args.folders, args.markdown)
 
 
 if __name__ == "__main__":
