@@ -64,9 +64,10 @@ def with_state(model: FlatModel, theta: Tensor, state: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Step:
-    """One SGD update of ``recipe`` for ``model`` on ``task``: (theta, buf, x_b, y_b, c_b, lr) -> (theta', buf',
-    batch loss), pure (new tensors; the inputs are not changed). theta, buf [P]; x_b [B, ...]; y_b [B]; c_b [B]
-    the batch coefficients; lr a 0-d tensor."""
+    """One SGD update of ``recipe`` for ``model`` on ``task``: step(theta, buf, x_b, y_b, c_b, lr) -> the batch loss,
+    with theta and buf [P] updated in place (the caller owns them; keep a copy of any theta it wants to keep).
+    x_b [B, ...]; y_b [B]; c_b [B] the batch coefficients; lr a 0-d tensor. In place because retraining steps many
+    stacked models: a fresh [M, P] tensor per step would cost more than the arithmetic."""
 
     model: FlatModel
     task: Task
@@ -75,20 +76,37 @@ class Step:
     def __post_init__(self):
         object.__setattr__(self, "_batch_gradient", make_batch_gradient(self.model, self.task))
 
-    def __call__(self, theta: Tensor, buf: Tensor, xb: Tensor, yb: Tensor, cb: Tensor,
-                 lr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def __call__(self, theta: Tensor, buf: Tensor, xb: Tensor, yb: Tensor, cb: Tensor, lr: Tensor) -> Tensor:
         g, (loss, state) = self._batch_gradient(theta, xb, yb, cb)
-        buf = self.recipe.momentum * buf + g + self.recipe.weight_decay * decayed(self.model, theta)
-        return with_state(self.model, theta - lr * buf, state), buf, loss
+        self.update_(theta, buf, g, state, lr)
+        return loss
+
+    def update_(self, theta: Tensor, buf: Tensor, g: Tensor, state: Tensor, lr: Tensor) -> None:
+        """buf <- momentum buf + g + weight_decay theta (running statistics excluded); theta <- theta - lr buf; the
+        running statistics <- state. theta, buf, g [..., P]: one model or M stacked, which round alike."""
+        buf.mul_(self.recipe.momentum).add_(g).add_(decayed(self.model, theta), alpha=self.recipe.weight_decay)
+        theta.sub_(buf, alpha=float(lr))
+        if self.model.num_state:
+            theta[..., self.model.state_slice] = state.to(theta.dtype)
 
     def stacked(self, models: int):
-        """The same step for M models at once: theta, buf [M, P]; x_b [M, B, ...]; y_b, c_b [M, B]; lr 0-d ->
-        ([M, P], [M, P], [M]). vmap for M > 1; one model is stepped directly (same numbers, less overhead)."""
-        if models > 1:
-            return vmap(self, in_dims=(0, 0, 0, 0, 0, None))
+        """The same step for M models at once: theta, buf [M, P]; x_b [M, B, ...]; y_b, c_b [M, B]; lr 0-d -> the
+        batch losses [M]. The batch gradients under vmap (one model: directly, less overhead), then one update of
+        the stacked tensors."""
+        batch_gradient = vmap(self._batch_gradient) if models > 1 else _one_model(self._batch_gradient)
 
-        def one(theta, buf, xb, yb, cb, lr):
-            theta, buf, loss = self(theta[0], buf[0], xb[0], yb[0], cb[0], lr)
-            return theta[None], buf[None], loss[None]
+        def step(theta, buf, xb, yb, cb, lr):
+            g, (loss, state) = batch_gradient(theta, xb, yb, cb)
+            self.update_(theta, buf, g, state, lr)
+            return loss
 
-        return one
+        return step
+
+
+def _one_model(batch_gradient):
+    """The stacked batch gradient for M = 1 without vmap (same results, less per-step overhead)."""
+    def gradient(theta, xb, yb, cb):
+        g, (loss, state) = batch_gradient(theta[0], xb[0], yb[0], cb[0])
+        return g[None], (loss[None], state[None])
+
+    return gradient

@@ -123,13 +123,14 @@ def steps(step, data: Split, theta: Tensor, batches: Tensor, lrs: Tensor,
     """The one training loop: yields (k, theta after update k, the batch loss) for every update.
 
     step: ``Step`` (theta [P], batches [T, B], weights [N]) or ``Step.stacked(M)`` (theta [M, P], batches
-    [M, T, B], weights [M, N]); lrs [T]. The momentum buffer starts at zero."""
+    [M, T, B], weights [M, N]); lrs [T]. The momentum buffer starts at zero. theta is copied once and then
+    updated in place: the tensor yielded is the same at every step, so clone what you keep."""
+    theta = theta.clone()
     buf = torch.zeros_like(theta)
     for k in range(len(lrs)):
         idx = batches.select(-2, k).to(theta.device)
         safe = idx.clamp(min=0)
-        theta, buf, loss = step(theta, buf, data.x[safe], data.y[safe], batch_coefficients(idx, weights),
-                                lrs[k].to(theta.dtype))
+        loss = step(theta, buf, data.x[safe], data.y[safe], batch_coefficients(idx, weights), lrs[k].to(theta.dtype))
         yield k, theta, loss
 
 
@@ -209,7 +210,7 @@ def _trajectory(model: FlatModel, data: Split, recipe: Recipe, task: Task, theta
         if not (abs(loss) < 1e6 * (abs(float(losses[0])) + 1.0)) or not torch.isfinite(final).all():
             raise _diverged(k, recipe, recipe.steps_per_epoch(len(data)), loss)
         if k + 1 in wanted:
-            saved[k + 1] = final
+            saved[k + 1] = final.clone()
     bar.close()
     ckpts = torch.stack([saved[int(s)] for s in at]) if len(at) else final.new_zeros(0, len(final))
     return {"final": final, "checkpoints": ckpts, "losses": losses}
@@ -246,7 +247,7 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
             raise _diverged(k, recipe, max(total // recipe.epochs, 1), float(loss[bad]), f" (model {bad})")
         losses[:, k] = loss.detach().double().cpu()
         if k + 1 in wanted:
-            saved[k + 1] = theta
+            saved[k + 1] = theta.clone()
         if on_step is not None:
             on_step(m / total)
     if checkpoint_steps is None:

@@ -35,7 +35,7 @@ def replay(run: Run, dtype: torch.dtype | None = None, weights: Tensor | None = 
     w = (run.weights if weights is None else weights).to(dtype)
     theta = run.init.to(dtype)
     step = Step(run.model, run.task, run.recipe)
-    return torch.stack([theta] + [after for _, after, _ in steps(step, data, theta, run.batches, run.lrs, w)])
+    return torch.stack([theta] + [after.clone() for _, after, _ in steps(step, data, theta, run.batches, run.lrs, w)])
 
 
 def unrolled_scores(run: Run, query: Split, dtype: torch.dtype | None = None, query_chunk: int = 128,
