@@ -22,6 +22,7 @@ from . import (  # noqa: E402,F401  (tdakit 0.2's paths; they warn on use)
     zoo,
 )
 from .attribution import METHODS, Scores, attribute, attribute_many, ensemble, register_method
+from .datasets import Split
 from .errors import TdakitError
 from .evaluation import groundtruth, groundtruth_stages, lds, leave_one_out, reliability, subset_removal
 from .experiment import Experiment, Table, run_experiment
@@ -36,6 +37,8 @@ from .zoo import mlp
 __version__ = "0.2.0"
 
 __all__ = [
+    # data
+    "Split",
     # what to attribute
     "Task", "Regression", "Classification", "FlatModel", "mlp",
     # training that records its trajectory

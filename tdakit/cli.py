@@ -15,7 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"tdakit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="exact unrolling, influence and SOURCE on UCI Concrete, judged by LDS")
-    demo.add_argument("--out", default="tdakit-report", help="report folder (default: %(default)s)")
+    demo.add_argument("--out", default=None, help="report folder (default: tdakit-report for the full demo, "
+                                                  "tdakit-report-train100 and so on for a smaller one)")
+    demo.add_argument("--force", action="store_true", help="overwrite a folder holding another configuration's "
+                                                          "report")
     demo.add_argument("--model", choices=["paper", "narrow"], default="paper",
                       help="paper: 3 x 128 MLP with exact Gauss-Newton curvature; narrow: 2 x 32 with the full "
                            "Hessian, negative eigenvalues clipped")
@@ -36,11 +39,24 @@ def main(argv: list[str] | None = None) -> int:
         return _cifar10(args)
     try:
         run_demo(out=args.out, model=args.model, subsets=args.subsets, seeds=args.seeds, epochs=args.epochs,
-                 queries=args.queries, train_points=args.train, cache=not args.no_cache, progress=not args.quiet)
+                 queries=args.queries, train_points=args.train, cache=not args.no_cache, progress=not args.quiet,
+                 force=args.force)
     except TdakitError as err:
-        print(f"tdakit: {err}", file=sys.stderr)
+        print(f"tdakit: {as_flags(str(err))}", file=sys.stderr)
         return 2
     return 0
+
+
+# Python arguments a message may name, and the command-line flag that does the same
+FLAGS = {"download=True": "--download", "force=True": "--force", "out=FOLDER": "--out FOLDER",
+         "train_points": "--train"}
+
+
+def as_flags(message: str) -> str:
+    """A library message in the command line's words: Python arguments it names become their flags."""
+    for argument, flag in FLAGS.items():
+        message = message.replace(argument, flag)
+    return message
 
 
 def _cifar10(args) -> int:
@@ -50,7 +66,7 @@ def _cifar10(args) -> int:
     try:
         folder = cifar.unpack(args.archive, root) if args.archive else cifar.find(root, download=args.download)
     except (OSError, TdakitError) as err:
-        print(f"tdakit: {err}", file=sys.stderr)
+        print(f"tdakit: {as_flags(str(err))}", file=sys.stderr)
         return 2
     print(f"CIFAR-10 is in {folder}")
     return 0

@@ -11,6 +11,7 @@ scores_vs_unrolled.png, predicted_vs_actual.png, lds.png.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -23,17 +24,45 @@ from . import plots, store  # noqa: E402
 from .attribution import implied_damping  # noqa: E402
 from .errors import SettingError
 from .evaluation import groundtruth  # noqa: E402
-from .experiment import Method, Table, run_experiment  # noqa: E402
+from .experiment import Method, Table, run_experiment, write_json_atomic  # noqa: E402
 from .presets import preset  # noqa: E402
 
 DEMO_METHODS = ("influence", "SOURCE (L=3, C=6)", "Fast-SOURCE (L=3)")
 MODELS = {"paper": "concrete", "narrow": "concrete_narrow"}
+DEFAULTS = {"model": "paper", "subsets": 100, "seeds": 5, "epochs": None, "queries": None, "train_points": None}
 
 
-def run_demo(out: str = "tdakit-report", model: str = "paper", subsets: int = 100, seeds: int = 5,
+def report_folder(out: str | None, configuration: dict) -> Path:
+    """``out``, or by default one folder per configuration: tdakit-report for the full demo,
+    tdakit-report-train100-subsets20 (say) for a smaller one, so a quick look never overwrites it."""
+    if out is not None:
+        return Path(out)
+    changed = [f"{name.replace('_points', '')}{value}" for name, value in configuration.items()
+               if value != DEFAULTS[name]]
+    return Path("-".join(["tdakit-report", *changed]))
+
+
+def check_folder(folder: Path, configuration: dict, force: bool) -> None:
+    """Refuse to overwrite another configuration's report unless ``force``."""
+    found = folder / "configuration.json"
+    if force or not found.is_file():
+        return
+    try:
+        before = json.loads(found.read_text())
+    except (OSError, ValueError):
+        return
+    if before != configuration:
+        different = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in configuration.items() if before.get(k) != v)
+        raise SettingError(f"{folder}/ holds the report of another configuration ({different}); choose another "
+                           "folder (out=FOLDER), or overwrite it (force=True)")
+
+
+def run_demo(out: str | None = None, model: str = "paper", subsets: int = 100, seeds: int = 5,
              epochs: int | None = None, queries: int | None = None, train_points: int | None = None,
-             cache: bool = True, progress: bool = True, say=print) -> Table:
-    """Run the demo; returns the table (also written to ``out``/table.json)."""
+             cache: bool = True, progress: bool = True, say=print, force: bool = False) -> Table:
+    """Run the demo; returns the table (also written to the report folder's table.json). out: the report folder
+    (default: one per configuration, ``report_folder``); force: overwrite a folder holding another
+    configuration's report."""
     if model not in MODELS:
         raise SettingError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     if subsets < 2 or seeds < 2:
@@ -44,6 +73,10 @@ def run_demo(out: str = "tdakit-report", model: str = "paper", subsets: int = 10
         raise SettingError(f"--train must be at least 2 (or left out for all training points), got {train_points}")
     if epochs is not None and epochs < 1:
         raise SettingError(f"--epochs must be at least 1, got {epochs}")
+    configuration = {"model": model, "subsets": subsets, "seeds": seeds, "epochs": epochs, "queries": queries,
+                     "train_points": train_points}
+    folder = report_folder(out, configuration)
+    check_folder(folder, configuration, force)
     setting = preset(MODELS[model])
     if epochs is not None:
         setting = dataclasses.replace(setting, recipe=dataclasses.replace(setting.recipe, epochs=epochs))
@@ -75,9 +108,12 @@ def run_demo(out: str = "tdakit-report", model: str = "paper", subsets: int = 10
     say("")
     say(str(table))
     say(f"influence damping: 1/(eta_eff T) = {implied_damping(run):.3g}, implied by the recipe (not tuned)")
+    if table["exact unrolling"].lds.value < max(r.lds.value for r in table.rows):
+        say("exact unrolling is exact for this one trajectory, but the ground truth retrains with fresh seeds (a "
+            "new initialisation and batch order) that no method sees, so it need not rank first (docs/evaluation.md)")
 
-    folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "configuration.json", configuration)
     table.save(folder / "table.json")
     _figures(folder, table, truth, data.scaler)
     say(f"report written to {folder}/ (table.json, scores_vs_unrolled.png, predicted_vs_actual.png, lds.png)")

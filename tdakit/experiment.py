@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import deprecation, store
+from . import deprecation, display, store
 from .attribution import Scores, attribute_many, ensemble
 from .datasets import Split
 from .errors import SettingError
 from .evaluation import GroundTruth, Interval, Reliability, lds, paired_difference, reliability, spearman
+from .evaluation.ground_truth import too_few
 from .plots import lds_bars
 from .stages import StagedRun
 from .training import Run
@@ -78,6 +80,7 @@ class Table:
     baseline: str | None = None
     title: str = ""
     scores: dict[str, Scores] = field(default_factory=dict, repr=False)
+    warning: str | None = None  # set when the ground truth is too small for the intervals to mean much
 
     def __getitem__(self, label: str) -> Row:
         for row in self.rows:
@@ -119,7 +122,28 @@ class Table:
             rel = self.reliability
             lines.append(f"ground truth: reliability {rel.reliability:.{digits}f} (R = {rel.seeds}), LDS ceiling "
                          f"~{rel.ceiling:.{digits}f}")
+        if self.warning:
+            lines.append(f"warning: ground truth {self.warning}")
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.text()
+
+    def _repr_html_(self) -> str:
+        rel = self.reliability
+        facts = {"ground truth": None if rel is None else f"reliability {rel.reliability:.3f} (R = {rel.seeds}), "
+                 f"LDS ceiling ~{rel.ceiling:.3f}", "warning": self.warning}
+        header = ["method", "LDS", "95% interval"] + ([f"vs {self.reference}"] if self.reference else []) \
+            + ([f"- {self.baseline} (paired)"] if self.baseline else []) + ["seconds"]
+        rows = []
+        for r in self.rows:
+            row = [r.label, f"{r.lds.value:.3f}", f"[{r.lds.low:.3f}, {r.lds.high:.3f}]"]
+            if self.reference:
+                row.append("" if r.vs_reference is None else f"{r.vs_reference:.3f}")
+            if self.baseline:
+                row.append("" if r.difference is None else str(r.difference))
+            rows.append([*row, "(from cache)" if r.cached else f"{r.seconds:.1f}"])
+        return display.html_block(self.title or "LDS table", facts, header, rows)
 
     def as_dict(self) -> dict:
         rel = self.reliability
@@ -185,7 +209,9 @@ class Experiment:
         if pipeline and self.stage is None:
             raise SettingError("for a pipeline, say which stage's points the ground truth is about: stage=...")
         scores, cached = self.compute(methods, progress, cache)
-        results = {label: lds(s.values, self.truth) for label, s in scores.items()}
+        with warnings.catch_warnings():  # a ground truth too small is said once, in the table
+            warnings.simplefilter("ignore", UserWarning)
+            results = {label: lds(s.values, self.truth) for label, s in scores.items()}
         ref = None if self.reference is None else scores[self.reference].values.double()
         rows = []
         for label, s in scores.items():
@@ -193,8 +219,19 @@ class Experiment:
                             None if ref is None else float(spearman(s.values.double(), ref).mean()),
                             None if self.baseline is None or label == self.baseline
                             else paired_difference(results[label], results[self.baseline])))
-        rel = reliability(self.truth) if self.truth.num_seeds >= 2 else None
-        return Table(rows, rel, self.reference, self.baseline, self.title, scores)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            rel = reliability(self.truth) if self.truth.num_seeds >= 2 else None
+        warning = too_few(*self.truth.masks.shape[:1], self.truth.values.shape[2], self.truth.num_seeds)
+        return Table(rows, rel, self.reference, self.baseline, self.title, scores, warning)
+
+    def __repr__(self) -> str:
+        runs = len(self.run) if isinstance(self.run, Sequence) else 1
+        return display.text_block(f"Experiment{': ' + self.title if self.title else ''}", {
+            "run": f"an ensemble of {runs} runs" if isinstance(self.run, Sequence) else type(self.run).__name__,
+            "queries": len(self.query), "ground truth": f"{self.truth.masks.shape[0]} subsets x "
+            f"{self.truth.num_seeds} seeds", "methods": ", ".join(self.methods), "reference": self.reference,
+            "baseline": self.baseline, "stage": self.stage})
 
     def compute(self, methods: dict[str, Method], progress: bool = True,
                 cache: store.CacheSpec = True) -> tuple[dict[str, Scores], dict[str, bool]]:

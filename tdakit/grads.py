@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torch.func import grad, jacrev, vmap
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .datasets import Split
 from .hardware import element_budget
@@ -17,7 +20,7 @@ def per_example_grads(model: FlatModel, fn, theta: Tensor, data: Split, chunk: i
     def one(th, x, y):
         return fn(model(th, x[None]), y[None])[0]
 
-    per_example = vmap(grad(one), in_dims=(None, 0, 0))
+    per_example = vmap_or_loop(grad(one), in_dims=(None, 0, 0))
     data = data.to(theta.dtype, theta.device)
     return torch.cat([per_example(theta, data.x[s:s + chunk], data.y[s:s + chunk]) for s in range(0, len(data), chunk)])
 
@@ -29,7 +32,7 @@ def loss_grads_at(model: FlatModel, task: Task, theta: Tensor, data: Split, inde
         return task.loss(model(theta.index_put((index,), part), x[None]), y[None])[0]
 
     data = data.to(theta.dtype, theta.device)
-    return vmap(grad(one), in_dims=(None, 0, 0))(theta[index], data.x, data.y)
+    return vmap_or_loop(grad(one), in_dims=(None, 0, 0))(theta[index], data.x, data.y)
 
 
 def loss_grads(model: FlatModel, task: Task, theta: Tensor, data: Split, chunk: int = 256) -> Tensor:
@@ -45,7 +48,7 @@ def measurement_grads(model: FlatModel, task: Task, theta: Tensor, query: Split,
 def measurements(model: FlatModel, task: Task, theta: Tensor, query: Split) -> Tensor:
     """f_q(theta) for every query: [Q] (theta [P]) or [M, Q] (theta [M, P])."""
     if theta.dim() == 2:
-        return vmap(lambda th: measurements(model, task, th, query))(theta)
+        return vmap_or_loop(lambda th: measurements(model, task, th, query))(theta)
     query = query.to(theta.dtype, theta.device)
     return task.measurement(model(theta, query.x), query.y)
 
@@ -79,17 +82,47 @@ def output_jacobians(model: FlatModel, task: Task, theta: Tensor, data: Split, c
         return task.loss(g[None], y[None])[0]
 
     data = data.to(theta.dtype, theta.device)
-    jac = vmap(jacrev(out), in_dims=(None, 0))
+    jac = vmap_or_loop(jacrev(out), in_dims=(None, 0))
     out_hess = vmap(torch.func.hessian(loss_of_output))
 
     def factors(s: slice) -> Tensor:
         x, y = data.x[s], data.y[s]
         j = jac(theta, x)  # [c, o, P]
-        lam = out_hess(vmap(out, in_dims=(None, 0))(theta, x), y)  # [c, o, o]
+        lam = out_hess(model(theta, x), y)  # [c, o, o] (evaluation mode: each row is its example's own output)
         root = psd_sqrt(lam)
         return root @ j
 
     return torch.cat([factors(slice(s, s + chunk)) for s in range(0, len(data), chunk)])
+
+
+def vmap_or_loop(fn: Callable, in_dims: int | tuple = 0) -> Callable:
+    """``vmap(fn, in_dims)``; where torch.func has no batching rule for a layer (nn.LSTM and nn.GRU in float64,
+    say), the same numbers one slice at a time, stacked. The first failure switches the wrapper to the loop."""
+    batched = vmap(fn, in_dims=in_dims)
+    looping = False
+
+    def call(*args):
+        nonlocal looping
+        if not looping:
+            try:
+                return batched(*args)
+            except RuntimeError as err:
+                if not _no_batching_rule(err):
+                    raise
+                looping = True
+        dims = in_dims if isinstance(in_dims, tuple) else (in_dims,) * len(args)
+        sizes = [leaf.shape[0] for arg, d in zip(args, dims, strict=True) if d == 0 for leaf in tree_leaves(arg)]
+        pieces = [fn(*[tree_map(lambda t, i=i: t[i], arg) if d == 0 else arg
+                       for arg, d in zip(args, dims, strict=True)]) for i in range(sizes[0])]
+        return tree_map(lambda *leaves: torch.stack(leaves), *pieces)
+
+    return call
+
+
+def _no_batching_rule(err: RuntimeError) -> bool:
+    text = str(err)
+    return any(sign in text for sign in ("Batching rule not implemented", "doesn't match the broadcast shape",
+                                         "vmap", "batched tensor", "BatchedTensor"))
 
 
 def rows_per_chunk(num_params: int, budget_elements: int | None = None, device: torch.device | str | None = None,

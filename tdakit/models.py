@@ -8,6 +8,7 @@ training, unrolling and curvature can differentiate, vmap and stack parameters f
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -55,6 +56,12 @@ class FlatModel:
             raise ModelError(
                 f"module has buffers {others}; tdakit trains pure functions of the parameters and carries only "
                 "BatchNorm's running statistics as recorded state: replace these layers by stateless ones")
+        self.dropout_layers = dropout_layers(module)
+        if self.dropout_layers:
+            warnings.warn(f"tdakit trains and attributes without dropout: the layers {self.dropout_layers} are off "
+                          "(identity) in every training step, replay and retraining, so all paths follow the same "
+                          "trajectory. Remove them, or set p=0, to silence this (docs/your-own-model.md)",
+                          UserWarning, stacklevel=3)
         self.module = copy.deepcopy(module).to("meta").eval()
         self.network = copy.deepcopy(module).eval()  # real tensors: initialisation and forward hooks run on it
         self.norms = {name: self.network.get_submodule(name) for name in norms}
@@ -245,9 +252,16 @@ class _TrainingBatchNorm(nn.Module):
         return out
 
 
+def dropout_layers(module: nn.Module) -> list[str]:
+    """Names of the dropout layers (any ``nn.Dropout*``) with p > 0: tdakit keeps them off."""
+    return [name or "the model itself" for name, m in module.named_modules()
+            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
 def _with_training_norms(module: nn.Module, norms: dict[str, nn.Module], sink: _BatchStatistics) -> nn.Module:
     """A copy of the (meta) module with every BatchNorm replaced by its training-step stand-in."""
-    out = copy.deepcopy(module).train()
+    # eval: the stand-ins below use batch statistics whatever the mode; dropout stays off (``dropout_layers``)
+    out = copy.deepcopy(module).eval()
     for name in norms:
         stand_in = _TrainingBatchNorm(name, out.get_submodule(name), sink)
         if not name:

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
+from torch.func import grad
 
+from .grads import vmap_or_loop
 from .models import FlatModel
 from .recipe import Recipe
 from .task import Task
@@ -93,7 +94,7 @@ class Step:
         """The same step for M models at once: theta, buf [M, P]; x_b [M, B, ...]; y_b, c_b [M, B]; lr 0-d -> the
         batch losses [M]. The batch gradients under vmap (one model: directly, less overhead), then one update of
         the stacked tensors."""
-        batch_gradient = vmap(self._batch_gradient) if models > 1 else _one_model(self._batch_gradient)
+        batch_gradient = vmap_or_loop(self._batch_gradient) if models > 1 else _one_model(self._batch_gradient)
 
         def step(theta, buf, xb, yb, cb, lr):
             g, (loss, state) = batch_gradient(theta, xb, yb, cb)

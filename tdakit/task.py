@@ -43,10 +43,20 @@ class Task:
         raise NotImplementedError(f"{type(self).__name__} cannot sample targets; use the empirical Fisher "
                                   "or the exact Gauss-Newton (fisher='empirical' or 'ggn')")
 
-    def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
-        """Raise a clear error when targets do not fit the outputs."""
+    def check_targets(self, outputs: Tensor, targets: Tensor, name: str = "targets") -> None:
+        """Raise a clear error when targets [n] do not fit the outputs [n, o]."""
         if outputs.shape[0] != targets.shape[0]:
-            raise InputError(f"{outputs.shape[0]} outputs but {targets.shape[0]} targets")
+            raise InputError(f"{outputs.shape[0]} outputs but {targets.shape[0]} {name}")
+        self.check_values(outputs.shape[-1], targets, name)
+
+    def check_values(self, outputs_per_example: int, targets: Tensor, name: str = "targets") -> None:
+        """Raise a clear error, naming ``name`` and the first bad row, unless every target [n] fits a model with
+        ``outputs_per_example`` outputs. Entry points call it on the whole split, not a sample."""
+        if targets.dim() != 1:
+            raise InputError(f"{name} must have shape [n], got {tuple(targets.shape)}")
+        if targets.is_floating_point() and not bool(torch.isfinite(targets).all()):
+            raise InputError(f"{name} hold NaN or inf (first at row {_first(~torch.isfinite(targets))}); drop or "
+                             "fix those rows")
 
 
 @dataclass(frozen=True)
@@ -74,10 +84,11 @@ class Regression(Task):
         noise = torch.randn(outputs.shape[0], generator=generator, dtype=outputs.dtype).to(outputs.device)
         return outputs[..., 0].detach() + 0.5 ** 0.5 * noise
 
-    def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
-        super().check_targets(outputs, targets)
-        if outputs.shape[-1] != 1:
-            raise InputError(f"regression expects one output per example, the model gives {outputs.shape[-1]}")
+    def check_values(self, outputs_per_example: int, targets: Tensor, name: str = "targets") -> None:
+        super().check_values(outputs_per_example, targets, name)
+        if outputs_per_example != 1:
+            raise InputError(f"Regression expects one output per example, the model gives {outputs_per_example}; "
+                             "end the model with a layer of width 1, or use Classification() for class labels")
 
 
 @dataclass(frozen=True)
@@ -111,17 +122,26 @@ class Classification(Task):
         probs = torch.softmax(outputs.detach().double(), -1).cpu()
         return torch.multinomial(probs, 1, generator=generator)[:, 0].to(outputs.device)
 
-    def check_targets(self, outputs: Tensor, targets: Tensor) -> None:
-        super().check_targets(outputs, targets)
+    def check_values(self, outputs_per_example: int, targets: Tensor, name: str = "targets") -> None:
+        super().check_values(outputs_per_example, targets, name)
         if targets.is_floating_point() and not bool((targets == targets.round()).all()):
-            raise InputError(f"Classification needs integer class labels, got real-valued targets such as "
-                             f"{float(targets[targets != targets.round()][0]):.4g}; for real-valued targets use "
-                             "Regression()")
-        if outputs.shape[-1] < 2:
+            raise InputError(f"Classification needs integer class labels, but {name} hold real values such as "
+                             f"{float(targets[targets != targets.round()][0]):.4g} (row "
+                             f"{_first(targets != targets.round())}); for real-valued targets use Regression()")
+        if outputs_per_example < 2:
             raise InputError(f"Classification needs one output per class (at least 2), the model gives "
-                             f"{outputs.shape[-1]}; for a single real-valued output use Regression()")
-        if targets.min() < 0 or targets.max() >= outputs.shape[-1]:
-            raise InputError(f"class labels must lie in 0..{outputs.shape[-1] - 1}")
+                             f"{outputs_per_example}; for a single real-valued output use Regression()")
+        outside = (targets < 0) | (targets >= outputs_per_example)
+        if bool(outside.any()):
+            row = _first(outside)
+            raise InputError(f"{name} must be class labels in 0..{outputs_per_example - 1} (the model has "
+                             f"{outputs_per_example} outputs), but row {row} is {targets[row].item():g}; give the "
+                             "model one output per class, or map the labels to 0..K-1")
+
+
+def _first(mask: Tensor) -> int:
+    """The index of the first True in a boolean [n]."""
+    return int(mask.nonzero()[0, 0])
 
 
 def _one_hot_like(outputs: Tensor, targets: Tensor) -> Tensor:

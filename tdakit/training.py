@@ -16,9 +16,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import deprecation, store
+from . import deprecation, display, store
 from .datasets import Split
-from .errors import InputError, SettingError, TrainingError, check_choice
+from .datasets.core import check_split
+from .errors import InputError, ModelError, SettingError, TrainingError, check_choice
 from .models import FlatModel
 from .recipe import Checkpoints, CheckpointSpec, Placement, Recipe, as_checkpoints, batch_order, seed_of
 from .schedules import learning_rates
@@ -106,6 +107,31 @@ class Run:
         """What a method gives for a run: the one stage's result (a pipeline gives the list)."""
         return results[0]
 
+    def _facts(self) -> dict[str, object]:
+        r = self.recipe
+        removed = int((self.weights == 0).sum())
+        return {
+            "model": f"{type(self.model.network).__name__}, {display.count(self.model.num_trainable)} parameters"
+                     + (f" + {display.count(self.model.num_state)} BatchNorm statistics" if self.model.num_state
+                        else ""),
+            "task": repr(self.task),
+            "data": f"{display.count(self.num_train)} training points, x {display.shape_of(self.train.x)}"
+                    + (f", {removed} weighted 0" if removed else ""),
+            "recipe": f"SGD lr {r.lr:g} ({r.schedule}), momentum {r.momentum:g}, weight decay {r.weight_decay:g}, "
+                      f"batch {r.batch_size}, {r.epochs} epochs = {self.num_steps} steps, seed {r.seed}",
+            "checkpoints": f"{len(self.checkpoint_steps)} ({self.checkpoint_placement})",
+            "last batch loss": f"{float(self.losses[-1]):.4g}" if len(self.losses) else None,
+            "parameters": f"{str(self.final.dtype).removeprefix('torch.')} on {self.final.device}",
+            "dropout": f"off in {', '.join(self.model.dropout_layers)} (tdakit trains without it)"
+                       if self.model.dropout_layers else None,
+        }
+
+    def __repr__(self) -> str:
+        return display.text_block("Run", self._facts())
+
+    def _repr_html_(self) -> str:
+        return display.html_block("Run", self._facts())
+
     def fingerprint(self) -> str:
         """A content hash of everything a method reads from the run (model, task, recipe, data, recorded
         parameters, weights, checkpoint steps and placement): the key of cached scores."""
@@ -115,7 +141,12 @@ class Run:
 
 
 def as_flat(model: nn.Module | FlatModel) -> FlatModel:
-    return model if isinstance(model, FlatModel) else FlatModel(model)
+    """The model as a ``FlatModel`` (built once from an ``nn.Module``)."""
+    if isinstance(model, FlatModel):
+        return model
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be a torch nn.Module (or tdakit.FlatModel), got {type(model).__name__}")
+    return FlatModel(model)
 
 
 def steps(step, data: Split, theta: Tensor, batches: Tensor, lrs: Tensor,
@@ -142,13 +173,19 @@ def _checkpoint_spec(checkpoints: CheckpointSpec, placement: str | None, caller:
 
 
 def _check_data(data: Split, model: FlatModel, task: Task, theta: Tensor) -> None:
-    if not torch.isfinite(data.x).all() or (data.y.is_floating_point() and not torch.isfinite(data.y).all()):
-        raise InputError("training data contains NaN or inf; clean or impute it before training")
+    """Every training example and target, not a sample: finite features, targets that fit the model."""
+    if len(data) == 0:
+        raise InputError("the training split is empty")
+    if data.x.is_floating_point() and not bool(torch.isfinite(data.x).all()):
+        row = int((~torch.isfinite(data.x.reshape(len(data), -1))).any(1).nonzero()[0, 0])
+        raise InputError(f"training data contains NaN or inf (first in data.x row {row}); clean or impute it "
+                         "before training")
     try:
         out = model(theta, data.x[:2])
     except RuntimeError as err:
         raise InputError(f"the model cannot take inputs of shape {tuple(data.x.shape[1:])}: {err}") from err
-    task.check_targets(out, data.y[:2])
+    task.check_targets(out, data.y[:2], "training targets (data.y)")
+    task.check_values(out.shape[-1], data.y, "training targets (data.y)")
 
 
 def _diverged(step: int, recipe: Recipe, steps_per_epoch: int, loss: float, which: str = "") -> TrainingError:
@@ -172,7 +209,7 @@ def train(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task,
     accepted; ``Checkpoints`` holds it now).
     """
     flat = as_flat(model)
-    data = data.to(dtype)
+    data = check_split(data, "data").to(dtype)
     n = len(data)
     device = data.x.device  # everything follows the data
     weights = torch.ones(n, dtype=dtype, device=device) if weights is None else weights.to(device, dtype)
@@ -258,15 +295,17 @@ def train_many(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: 
 
 def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task, members: int = 4,
                    first_seed: int = 1, checkpoints: CheckpointSpec = 6, dtype: torch.dtype = torch.float32,
-                   progress: bool = True, placement: str | None = None) -> list[Run]:
+                   progress: bool = True, placement: str | None = None, cache: store.CacheSpec = True) -> list[Run]:
     """``members`` independently trained runs with recipe seeds first_seed, first_seed + 1, ... (each its
     init and batch order, as ``train`` with ``Recipe(seed=s)`` would make them), trained together with
-    vmap: list of ``Run``. The default (4 runs seeded 1..4) completes a run trained with seed 0 to 5."""
+    vmap: list of ``Run``. The default (4 runs seeded 1..4) completes a run trained with seed 0 to 5.
+    cache: as ``train`` (True: the default folder; a folder; False); each chunk of members trained together
+    is one cached piece, keyed by model, task, recipe, data, seeds and checkpoints."""
     if isinstance(members, bool) or not isinstance(members, int) or members < 1:
         raise SettingError(f"members must be a whole number >= 1, got {members!r}")
     seeds = range(first_seed, first_seed + members)
     flat = as_flat(model)
-    data = data.to(dtype)
+    data = check_split(data, "data").to(dtype)
     n, device = len(data), data.x.device
     lrs = recipe.learning_rates(n)
     spec = _checkpoint_spec(checkpoints, placement, "train_ensemble")
@@ -281,8 +320,13 @@ def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, ta
     chunk = retraining_chunk(flat, task, data, recipe.batch_size, dtype, device)
     for s in range(0, len(recipes), chunk):
         part = slice(s, s + chunk)
-        final, ckpts, losses = train_many(flat, data, recipe, task, inits[part], orders[part], progress=progress,
-                                          desc="train ensemble", checkpoint_steps=at)
+        key = store.key_of("ensemble", flat.describe(), task, recipe, data.fingerprint(), str(dtype), at.tolist(),
+                           [r.seed for r in recipes[part]])
+        saved = store.cached(store.folder(cache), "ensemble", key, lambda part=part: dict(zip(
+            ("final", "checkpoints", "losses"), train_many(flat, data, recipe, task, inits[part], orders[part],
+                                                           progress=progress, desc="train ensemble",
+                                                           checkpoint_steps=at), strict=True)))
+        final, ckpts, losses = saved["final"], saved["checkpoints"], saved["losses"]
         for j, r in enumerate(recipes[part]):
             runs.append(Run(flat, task, r, data, inits[s + j], final[j], ckpts[j], at, lrs, orders[s + j],
                             weights, losses[j], spec.placement))

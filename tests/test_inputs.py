@@ -75,7 +75,7 @@ def test_classification_margin_and_loss():
     assert torch.allclose(margin, expected)
     assert torch.allclose(tdakit.Classification().loss(logits, y), torch.nn.functional.cross_entropy(
         logits, y, reduction="none"))
-    with pytest.raises(ValueError, match="class labels must lie in 0..2"):
+    with pytest.raises(ValueError, match="must be class labels in 0..2"):
         tdakit.Classification().check_targets(logits, torch.tensor([0, 3]))
 
 

@@ -16,11 +16,14 @@ from dataclasses import dataclass, fields, make_dataclass
 from functools import partial
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .. import curvature as curv
+from .. import layers
 from ..datasets import Split
-from ..errors import InputError, SettingError
+from ..datasets.core import check_split
+from ..errors import InputError, ModelError, SettingError
 from ..stages import StagedRun
 from ..training import Run
 from . import staged as _staged
@@ -132,12 +135,34 @@ def prepare(run: Run | StagedRun, query: Split, method: str, given: Mapping[str,
         raise SettingError(f"{method} has no multi-stage form; for a pipeline use one of "
                            f"{', '.join(n for n, m in METHODS.items() if m.staged is not None)}")
     settings = spec.configure(**given)
+    if getattr(settings, "curvature", None) == "auto":
+        name, why = auto_curvature(run, method, settings)
+        settings = settings.with_note(f"curvature 'auto' chose {name!r}: {why}", curvature=name)
     for one in run.stages:
         check_query(one, query)
         if spec.needs_checkpoints and len(one.checkpoints) == 0:
             raise SettingError(f"{method} needs checkpoints, and this run has none; train with checkpoints=6 "
                                "(or more)")
     return spec, settings
+
+
+def auto_curvature(run: Run | StagedRun, method: str, settings: Settings) -> tuple[str, str]:
+    """What curvature="auto" stands for on this run: the exact GGN while it fits (``curvature.budget``), else
+    EK-FAC when the model's layers can be factored. Returns (name, why)."""
+    stage = max(run.stages, key=lambda one: one.num_train)
+    together = 1  # parameter sets one fit averages: influence and Fast-SOURCE one, SOURCE a segment's checkpoints
+    if method == "source" and isinstance(settings, SourceSettings) and len(stage.checkpoints):
+        pieces = settings.segments if isinstance(settings.segments, int) else max(len(settings.segments) - 1, 1)
+        together = -(-len(stage.checkpoints) // pieces)
+    example = stage.train.x[:1].to(stage.final.device, stage.final.dtype)
+    outputs = stage.model(stage.final, example).shape[-1]
+    cost = curv.budget.GgnCost.of(stage.num_train, outputs, together, stage.final.shape[-1], stage.final.dtype)
+    try:
+        layers.factored(stage.model, example=example)
+        factorable = True
+    except ModelError:
+        factorable = False
+    return curv.budget.choose(cost, factorable, stage.final.device)
 
 
 def plans(run: Run | StagedRun, query: Split, method: str, progress: bool = False, **settings) -> list[Plan | Tensor]:
@@ -157,15 +182,18 @@ def check_method(run: Run | StagedRun, query: Split, method: str, settings: dict
 
 def check_query(run: Run, query: Split) -> None:
     """Raise a clear error when query examples do not fit the run's model and task."""
-    if not isinstance(query, Split):
-        raise InputError(f"query must be a datasets.Split of examples and targets, got {type(query).__name__}")
+    check_split(query, "query")
     if len(query) == 0:
         raise InputError("the query split is empty; pass at least one query")
     if tuple(query.x.shape[1:]) != tuple(run.train.x.shape[1:]):
         raise InputError(f"query examples have shape {tuple(query.x.shape[1:])} but the run was trained on "
                          f"{tuple(run.train.x.shape[1:])}; pass queries from the same dataset (e.g. data.query)")
+    if query.x.is_floating_point() and not bool(torch.isfinite(query.x).all()):
+        row = int((~torch.isfinite(query.x.reshape(len(query), -1))).any(1).nonzero()[0, 0])
+        raise InputError(f"query {row} has NaN or inf in its features (query.x row {row}); drop or fix it")
     out = run.model(run.final, query.x[:2].to(run.final.device, run.final.dtype))
-    run.task.check_targets(out, query.y[:2].to(run.final.device))
+    run.task.check_targets(out, query.y[:2].to(run.final.device), "query targets (query.y)")
+    run.task.check_values(out.shape[-1], query.y, "query targets (query.y)")
 
 
 def _options(given: dict, default: ProductOptions) -> ProductOptions:
@@ -200,7 +228,7 @@ def scores_per_stage(run: Run | StagedRun, query: Split, method: str, progress: 
     seconds = time.perf_counter() - start
     recorded = {**checked.changed(), **options.recorded()}
     return [Scores(ensure_finite((next(values) if isinstance(p, Plan) else p).to(run.final.dtype), method),
-                   method, seconds, recorded, stage_of(run, s)) for s, p in enumerate(parts)]
+                   method, seconds, recorded, stage_of(run, s), checked.notes()) for s, p in enumerate(parts)]
 
 
 def stage_of(run: Run | StagedRun, s: int) -> int | None:
@@ -246,7 +274,7 @@ def attribute_many(run: Run | StagedRun, query: Split, configs: Mapping[str, tup
     for label, (spec, checked) in prepared.items():
         recorded = {**checked.changed(), **options[label].recorded()}
         scores = [Scores(ensure_finite(values.get((label, s), part).to(run.final.dtype), spec.name), spec.name,
-                         seconds[label] + extra[label], recorded, stage_of(run, s))
+                         seconds[label] + extra[label], recorded, stage_of(run, s), checked.notes())
                   for s, part in enumerate(parts[label])]
         result[label] = run.per_stage(scores)
     return result

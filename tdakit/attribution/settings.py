@@ -43,6 +43,16 @@ class Settings:
         """{name: value} for the method's function."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def notes(self) -> tuple[str, ...]:
+        """What was decided for the user while preparing the method (e.g. what curvature 'auto' chose)."""
+        return getattr(self, "_notes", ())
+
+    def with_note(self, note: str, **changes) -> Settings:
+        """A copy with ``changes`` and ``note`` added to ``notes()``."""
+        out = dataclasses.replace(self, **changes)
+        object.__setattr__(out, "_notes", (*self.notes(), note))
+        return out
+
     def changed(self) -> dict[str, Any]:
         """Only the settings that differ from their defaults (what a Scores records)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
@@ -83,9 +93,9 @@ def check_damping(damping) -> None:
 def check_curvature(curvature) -> None:
     """A registered curvature name or an options object with a ``fit`` method (``curvature.Kronecker``)."""
     if isinstance(curvature, str):
-        check_choice("curvature", curvature, tuple(curv.BACKENDS))
+        check_choice("curvature", curvature, ("auto", *curv.BACKENDS))
     elif not callable(getattr(curvature, "fit", None)):
-        raise SettingError(f"curvature must be a name ({', '.join(curv.BACKENDS)}) or an options object with a "
+        raise SettingError(f"curvature must be 'auto', a name ({', '.join(curv.BACKENDS)}) or an options object with a "
                            f"fit method such as tdakit.curvature.Kronecker(...), got {curvature!r}")
 
 
@@ -123,8 +133,9 @@ class InfluenceSettings(Settings):
     damping: float | str = setting("implied", "a number >= 0, 'implied' (1 / sum_k eta_k/(1 - momentum), what "
                                               "unrolling the whole run behaves like) or 'heuristic' (0.1 x the "
                                               "mean loss eigenvalue, per layer for Kronecker curvature)")
-    curvature: Any = setting("ggn", "a curvature backend name ('ggn', 'hessian', 'hessian_clipped', 'ekfac', "
-                                    "'kfac') or tdakit.curvature.Kronecker(...)",
+    curvature: Any = setting("auto", "'auto' (the exact Gauss-Newton 'ggn' while it fits, else 'ekfac'; the "
+                                     "scores record which), a curvature backend name ('ggn', 'hessian', "
+                                     "'hessian_clipped', 'ekfac', 'kfac') or tdakit.curvature.Kronecker(...)",
                              "one curvature fit at the final parameters")
     theta: torch.Tensor | None = setting(None, "the parameters [P] to take it at (default: the final ones)")
 
@@ -137,8 +148,8 @@ class InfluenceSettings(Settings):
 class SourceSettings(Settings):
     segments: int | tuple[int, ...] = setting(3, "L equal segments, or the boundaries [0, b_1, ..., T]",
                                               "one curvature fit per segment")
-    curvature: Any = setting("ggn", "a positive semi-definite curvature backend name or Kronecker(...) "
-                                    "(the raw 'hessian' only with form='power')",
+    curvature: Any = setting("auto", "'auto' (as influence's), a positive semi-definite curvature backend name "
+                                     "or Kronecker(...) (the raw 'hessian' only with form='power')",
                              "fitted at every checkpoint of a segment (Fast-SOURCE: at their mean)")
     form: str = setting("exp", "'exp': exp(-eta K H) (the paper's); 'power': (I - eta H)^K, exact unrolling for "
                                "full-batch gradient descent without momentum")

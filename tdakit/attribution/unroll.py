@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.func import grad, vjp, vmap
+from torch.func import grad, vjp
 from tqdm.auto import tqdm
 
 from ..datasets import Split
-from ..grads import measurement_grads
+from ..grads import measurement_grads, vmap_or_loop
 from ..sgd import Step, batch_coefficients
 from ..training import Run, steps
 from .unroll_stack import StackStep
@@ -98,7 +98,7 @@ def unrolled_adjoint(run: Run, v_final: Tensor, dtype: torch.dtype | None = None
                 state = thetas[k][model.state_slice]
                 _, pullback = vjp(lambda p, c, xb=xb, yb=yb, state=state: piece_gradient(p, c, xb, yb, state),
                                   model.parameter_tensors(thetas[k]), cb)
-                hvp, dc = vmap(pullback)(tuple(lam_buf))
+                hvp, dc = vmap_or_loop(pullback)(tuple(lam_buf))
                 for t, h in zip(lam_theta, hvp, strict=True):
                     t.add_(h)
             for t, b in zip(lam_theta, lam_buf, strict=True):

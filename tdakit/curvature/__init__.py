@@ -18,7 +18,7 @@ from ..errors import check_choice
 from ..layers import Fisher
 from ..models import FlatModel
 from ..task import Task
-from . import dense, functions
+from . import budget, dense, functions
 from .base import BACKENDS, Curvature, EigenFunction, register
 from .dense import ggn_curvature, hessian, hessian_curvature
 from .eigen import EigenCurvature, SampleSpaceCurvature, mean_loss_eigenvalue
@@ -64,6 +64,7 @@ def names() -> Sequence[str]:
     return tuple(BACKENDS)
 
 
-__all__ = ["dense", "Curvature", "CurvatureSpec", "EigenCurvature", "SampleSpaceCurvature", "KroneckerCurvature",
-           "Kronecker", "EigenFunction", "BACKENDS", "register", "fit", "shared_fits", "names", "functions",
+__all__ = ["budget", "dense", "Curvature", "CurvatureSpec", "EigenCurvature", "SampleSpaceCurvature",
+           "KroneckerCurvature", "Kronecker", "EigenFunction", "BACKENDS", "register", "fit", "shared_fits", "names",
+           "functions",
            "mean_loss_eigenvalue", "ggn_curvature", "hessian", "hessian_curvature", "kronecker_curvature"]

@@ -21,6 +21,7 @@ from ..grads import output_jacobians
 from ..models import FlatModel
 from ..task import Task
 from .base import register
+from .budget import GgnCost, check_fits
 from .eigen import EigenCurvature, SampleSpaceCurvature
 
 MAX_DENSE_PARAMS = 12_000
@@ -115,6 +116,8 @@ def ggn_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split, wei
     """
     thetas = thetas.reshape(-1, thetas.shape[-1])
     n, C = len(data), len(thetas)
+    outputs = model(thetas[0], data.x[:1].to(thetas.device)).shape[-1]
+    check_fits(GgnCost.of(n, outputs, C, thetas.shape[1], thetas.dtype), thetas.device)
     scale = None if weights is None else weights.to(thetas.dtype).to(thetas.device).sqrt()
 
     def factor(theta: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from ..datasets import Split
 from ..errors import InputError, SettingError
 from ..models import FlatModel
 from ..task import Task
+from . import budget
 from .base import BACKENDS, Curvature
 
 _shared: dict[tuple, Curvature] | None = None
@@ -75,6 +76,10 @@ def fit(kind, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_
 
 def _fit(kind, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
          weights: Tensor | None, progress: bool) -> Curvature:
+    if kind == "auto":  # what attribute() resolves before fitting; direct callers get the same rule
+        outputs = model(thetas[0], data.x[:1].to(thetas.device, thetas.dtype)).shape[-1]
+        cost = budget.GgnCost.of(len(data), outputs, len(thetas), thetas.shape[-1], thetas.dtype)
+        kind = budget.choose(cost, kronecker_possible=True, device=thetas.device)[0]
     if isinstance(kind, str):
         if kind not in BACKENDS:
             raise SettingError(f"unknown curvature {kind!r}; choose one of {', '.join(BACKENDS)} or pass "

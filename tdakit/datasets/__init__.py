@@ -16,17 +16,23 @@ in torchvision's layout (``root/MNIST/raw/*-ubyte[.gz]``) and never downloads un
 folder, see ``cifar``): a seeded class-balanced training subset (the paper's 3,072 images by default, or
 all 50,000), queries and test images from the official test split, colour images [n, 3, 32, 32]
 standardized per channel with the training subset's statistics.
+
+Your own data: ``Split(x, y)`` wraps tensors, numpy arrays or pandas objects; ``from_arrays(x, y, task)`` and
+``from_csv(path, target, task)`` make a seeded train/query/test Dataset from a table, standardized with the
+training rows only (``Dataset.features_standardized`` applies the same map to new rows).
 """
 
 from __future__ import annotations
 
 from ..errors import SettingError
-from .core import Dataset, Scaler, Split, data_root
+from .core import Dataset, Scaler, Split, as_tensor, data_root
 from .images import cifar10_folder, mnist5k, mnist_arrays, mnist_folder
+from .own import from_arrays, from_csv
 from .tabular import concrete
 from .transforms import balanced_parts, balanced_subset, rotated, with_label_noise
 
-__all__ = ["Split", "Dataset", "Scaler", "load", "available", "mnist_folder", "mnist_arrays", "with_label_noise",
+__all__ = ["Split", "Dataset", "Scaler", "as_tensor", "from_arrays", "from_csv",
+           "load", "available", "mnist_folder", "mnist_arrays", "with_label_noise",
            "rotated", "balanced_subset", "balanced_parts", "cifar10_folder", "data_root"]
 
 

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -14,16 +15,52 @@ from .. import store
 from ..errors import InputError, SettingError
 
 
+def as_tensor(value, name: str) -> Tensor:
+    """A torch tensor from a tensor, a numpy array, a pandas Series/DataFrame or a (nested) list; float
+    precision and integer labels are kept as given. Raises InputError for text, objects or ragged lists."""
+    if isinstance(value, Tensor):
+        return value
+    if hasattr(value, "to_numpy"):  # pandas, without importing it
+        value = value.to_numpy()
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as err:
+        raise InputError(f"{name} could not be read as an array ({err}); pass a torch tensor, a numpy array, "
+                         "a pandas object or a list of equal-length rows") from err
+    if array.dtype.kind == "b":
+        array = array.astype(np.int64)
+    if array.dtype.kind not in "iuf":
+        raise InputError(f"{name} holds values of type {array.dtype} (text or objects); convert them to numbers "
+                         "first (class names to 0..K-1 labels; tdakit.datasets.from_arrays does both)")
+    return torch.as_tensor(array)
+
+
 @dataclass(frozen=True)
 class Split:
-    """Examples x [n, *features] and targets y [n]."""
+    """Examples x [n, *features] and targets y [n] (class labels 0..K-1, or real values).
+
+    x and y may be torch tensors, numpy arrays, pandas objects or lists; they are converted once, here.
+    Targets shaped [n, 1] (a one-column table) become [n]; other shapes are refused rather than broadcast.
+    """
 
     x: Tensor
     y: Tensor
 
     def __post_init__(self):
-        if self.x.shape[0] != self.y.shape[0]:
-            raise InputError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
+        x, y = as_tensor(self.x, "x"), as_tensor(self.y, "y")
+        if x.dim() == 0 or y.dim() == 0:
+            raise InputError(f"x and y need one row per example; got x of shape {tuple(x.shape)} and y of shape "
+                             f"{tuple(y.shape)}")
+        if y.dim() == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.dim() != 1:
+            raise InputError(f"y must hold one target per example, shape [n] (or [n, 1]); got {tuple(y.shape)}. "
+                             "tdakit attributes one real target (Regression) or one class label (Classification) "
+                             "per example")
+        if x.shape[0] != y.shape[0]:
+            raise InputError(f"x has {x.shape[0]} rows but y has {y.shape[0]}; pass one target per example")
+        object.__setattr__(self, "x", x)
+        object.__setattr__(self, "y", y)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -39,6 +76,14 @@ class Split:
     def fingerprint(self) -> str:
         """Content hash of the examples and targets (used in cache keys; ``store.digest``)."""
         return store.digest(self.x, self.y)
+
+
+def check_split(value, name: str) -> Split:
+    """``value`` if it is a Split, else an InputError that says how to wrap it."""
+    if not isinstance(value, Split):
+        raise InputError(f"{name} must be a tdakit.Split(x, y), got {type(value).__name__}; wrap tensors, arrays "
+                         f"or pandas objects as tdakit.Split(x, y)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -72,6 +117,19 @@ class Dataset:
     image_shape: tuple[int, ...] = ()  # (H, W) for images stored flattened or not; (C, H, W) for colour
     channel_scalers: tuple[Scaler, ...] = ()  # per colour channel, standardized -> [0, 1] pixel values
     class_names: tuple[str, ...] = ()
+
+    def features_standardized(self, x) -> Tensor:
+        """New tabular inputs [n, F] in original units -> the standardized features the model takes (the same
+        map as the training split's, fitted on it); unchanged when no scalers are known."""
+        x = as_tensor(x, "x").double()
+        if not self.feature_scalers:
+            return x.float()
+        if x.dim() != 2 or x.shape[1] != len(self.feature_scalers):
+            raise InputError(f"{self.name} has {len(self.feature_scalers)} features; got inputs of shape "
+                             f"{tuple(x.shape)}")
+        mean = torch.tensor([s.mean for s in self.feature_scalers], dtype=torch.float64)
+        std = torch.tensor([s.std for s in self.feature_scalers], dtype=torch.float64)
+        return ((x - mean) / std).to(self.train.x.dtype)
 
     def features_original(self, x: Tensor) -> Tensor:
         """Tabular features [n, F] back in their original units (unchanged when no scalers are known)."""

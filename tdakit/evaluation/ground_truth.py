@@ -9,6 +9,7 @@ is cached atomically, so an interrupted computation resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .. import deprecation, distributed, store
+from .. import deprecation, display, distributed, store
+from ..attribution.methods import check_query
 from ..datasets import Split
 from ..errors import SettingError
 from ..grads import measurements
@@ -41,6 +43,41 @@ class GroundTruth:
     @property
     def num_seeds(self) -> int:
         return self.values.shape[1]
+
+    def _facts(self) -> dict[str, object]:
+        m, r, q = self.values.shape
+        kept = float(self.masks.double().mean()) if self.masks.numel() else 0.0
+        return {"subsets": f"{m} subsets of {self.masks.shape[1]} training points, each keeping {kept:.0%}",
+                "seeds": f"{r} retrainings per subset", "queries": q,
+                "values": f"measurements {display.shape_of(self.values)} [subsets, seeds, queries]",
+                "warning": too_few(m, q, r)}
+
+    def __repr__(self) -> str:
+        return display.text_block("GroundTruth", self._facts())
+
+    def _repr_html_(self) -> str:
+        return display.html_block("GroundTruth", self._facts())
+
+
+def too_few(subsets: int, queries: int, seeds: int | None = None) -> str | None:
+    """A warning when a ground truth is too small for its LDS interval to mean much (None when it is not): the
+    Spearman correlation over fewer than 10 subsets, or a bootstrap over fewer than 5 queries, is mostly noise,
+    and reliability needs at least 2 seeds."""
+    problems = []
+    if subsets < 10:
+        problems.append(f"{subsets} subsets (a rank correlation needs about 10 or more)")
+    if queries < 5:
+        problems.append(f"{queries} queries (the interval is a bootstrap over queries)")
+    if seeds is not None and seeds < 2:
+        problems.append("1 seed per subset (reliability and the LDS ceiling need 2 or more)")
+    if not problems:
+        return None
+    return "too small for the LDS interval to mean much: " + "; ".join(problems)
+
+
+def notice(message: str) -> None:
+    """One line for the user (beside the progress bars, on stderr); silenced with progress=False."""
+    tqdm.write(message, file=sys.stderr)
 
 
 def random_subsets(n: int, subsets: int, fraction: float, seed: int) -> Tensor:
@@ -72,6 +109,7 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
     ``stacking.retraining_chunk``, so an interruption loses at most one batch). cache: True ($TDAKIT_CACHE or
     ~/.cache/tdakit), a folder, or False. chunk: tdakit 0.2's name of models_per_chunk."""
     models_per_chunk = renamed_chunk(models_per_chunk, chunk, "groundtruth")
+    check_query(run, query)
     check_counts(subsets, seeds, len(query))
     masks = random_subsets(run.num_train, subsets, fraction, seed)
 
@@ -126,6 +164,7 @@ def collect(masks: Tensor, seeds: int, queries: int, dtype: torch.dtype, seed: i
     starts = range(0, len(jobs), chunk)
     ours = set(distributed.mine(len(starts)))  # under torch.distributed each process retrains its chunks
     values = torch.zeros(subsets, seeds, queries, dtype=dtype)
+    reused = 0
     for index, start in enumerate(starts):
         part = jobs[start:start + chunk]
         if index not in ours:
@@ -142,11 +181,17 @@ def collect(masks: Tensor, seeds: int, queries: int, dtype: torch.dtype, seed: i
                                  [seed_of("order", seed, m, r) for m, r in part], advance)
             return {"values": measurements_of(theta).cpu()}
 
-        got = store.cached(cache, "groundtruth", store.key_of(key, part), compute)["values"]
+        chunk_key = store.key_of(key, part)
+        hit = store.load(cache, "groundtruth", chunk_key)
+        reused += len(part) if hit is not None else 0
+        got = (hit if hit is not None else store.cached(cache, "groundtruth", chunk_key, compute))["values"]
         for (m, r), row in zip(part, got, strict=True):
             values[m, r] = row
         bar.update(done_before + len(part) - bar.n)  # exact count (a cached chunk arrives at once)
     bar.close()
+    if reused and progress:
+        notice(f"{desc.split(' (')[0]}: {reused} of {len(jobs)} models read from the cache "
+               f"({store.folder(cache)}), {len(jobs) - reused} retrained")
     if distributed.active():  # the other processes' chunks: sum the measurements (each filled only its own)
         values = distributed.sum_over_ranks(values)
     return GroundTruth(masks, values)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .ground_truth import GroundTruth
+from .ground_truth import GroundTruth, too_few
 
 
 def rankdata(x: Tensor) -> Tensor:
@@ -66,6 +67,9 @@ def lds(scores, truth: GroundTruth, seed: int = 0) -> Interval:
         raise InputError(f"scores {tuple(values.shape)} do not match the ground truth's "
                          f"{truth.values.shape[2]} queries x {truth.masks.shape[1]} training points")
     per_query = spearman(predictions(values.detach().double().cpu(), truth.masks).T, truth.mean.double().T)
+    warning = too_few(truth.masks.shape[0], truth.values.shape[2])
+    if warning:
+        warnings.warn(f"lds: ground truth {warning}", UserWarning, stacklevel=2)
     return bootstrap(per_query, seed=seed)
 
 
@@ -88,7 +92,10 @@ def reliability(truth: GroundTruth, splits: int = 20, seed: int = 0) -> Reliabil
     """Split the R seeds in random halves ``splits`` times; see ``Reliability``."""
     R = truth.num_seeds
     if R < 2:
-        raise InputError("reliability needs at least 2 seeds per subset")
+        raise InputError("reliability needs at least 2 seeds per subset; make the ground truth with seeds=2 or more")
+    warning = too_few(truth.masks.shape[0], truth.values.shape[2])
+    if warning:
+        warnings.warn(f"reliability: ground truth {warning}", UserWarning, stacklevel=2)
     g = torch.Generator().manual_seed(seed)
     per_query = []
     for _ in range(splits):

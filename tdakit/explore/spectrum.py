@@ -19,6 +19,7 @@ scores are kept, so moving a slider back is immediate. Units and sign: the conve
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -179,7 +180,9 @@ class Spectrum:
         key = (int(segments), float(horizon), float(damping))
         if key not in self._views:
             source, influence = self._scores(self.source_terms(segments, horizon), self.influence_terms(damping))
-            judged = [lds(s, self.truth) if self.truth is not None else None for s in (source, influence)]
+            with warnings.catch_warnings():  # a small ground truth is the explorer's to show, not to warn about
+                warnings.simplefilter("ignore", UserWarning)
+                judged = [lds(s, self.truth) if self.truth is not None else None for s in (source, influence)]
             agree = [float(spearman(s, self.reference.double()).mean()) if self.reference is not None else None
                      for s in (source, influence)]
             self._views[key] = View(int(segments), float(horizon), float(damping), source, influence, *judged, *agree)
