@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
@@ -52,7 +52,7 @@ def inputs_of(model: FlatModel, layer: str, theta: Tensor, x: Tensor) -> Tensor:
         lambda _m, inputs, _out: seen.append(inputs[0].detach().clone()))
     try:
         with torch.no_grad():
-            functional_call(model.network, model.unflatten(theta), (x,))
+            model.call(model.network, model.unflatten(theta), x)
     finally:
         handle.remove()
     if not seen:
@@ -100,7 +100,7 @@ def factored(model: FlatModel, exclude: Sequence[str] = (), strict: bool = True,
         for p in named[name].parameters(recurse=False):
             owners.setdefault(id(p), []).append(name or "the model itself")
     outside = {} if example is None else outside_uses(model, example)
-    slots, excluded = [], []
+    slots, excluded, problems = [], [], []
     for name in with_params:
         module = named[name]
         own = dict(module.named_parameters(recurse=False))
@@ -110,16 +110,21 @@ def factored(model: FlatModel, exclude: Sequence[str] = (), strict: bool = True,
             continue
         why = _not_factorable(name, module, owners, {p: outside.get(f"{name}.{p}" if name else p) for p in own})
         if why is not None:
-            if strict:
-                raise ModelError(why)
+            problems.append(why)
             excluded += list(full.values())
             continue
         out_dim = module.weight.shape[0]
         in_dim = module.weight[0].numel() + (module.bias is not None)
         slots.append(LayerSlot(name, module, full["weight"], full.get("bias"), out_dim, in_dim))
-    if not slots and strict:
-        raise ModelError("the model has no nn.Linear or nn.Conv2d layer left to factor; use a dense curvature "
-                         "(curvature='ggn') instead")
+    if strict and problems and slots:  # leaving the layer out works: other layers remain to factor
+        reason, names = problems[0]
+        raise ModelError(f"{reason} {_exclusion_fix(names)}")
+    if strict and not slots:
+        reasons = " ".join(reason for reason, _ in problems)
+        raise ModelError(f"{reasons + ' ' if reasons else ''}The model has no nn.Linear or nn.Conv2d layer "
+                         f"{'left ' if problems or exclude else ''}to factor, which Kronecker curvatures (K-FAC, "
+                         "EK-FAC) and TRAK need: use a dense curvature (curvature='ggn', or 'auto') with influence "
+                         "and SOURCE")
     if model.num_state:
         excluded.append(model.state_slice)
     return slots, excluded
@@ -163,7 +168,7 @@ def tap(model: FlatModel, theta: Tensor, x: Tensor,
     try:
         with torch.enable_grad():
             theta = theta.detach().requires_grad_(True)
-            outputs = functional_call(model.network, model.unflatten(theta), (x,))
+            outputs = model.call(model.network, model.unflatten(theta), x)
     finally:
         for h in handles:
             h.remove()
@@ -184,27 +189,26 @@ def _exclusion_fix(names: list[str]) -> str:
 
 
 def _not_factorable(name: str, module: nn.Module, owners: dict[int, list[str]],
-                    used_outside: dict[str, set[str] | None]) -> str | None:
-    """Why a layer with parameters has no Kronecker-factored gradient (a message with the fix), or None."""
+                    used_outside: dict[str, set[str] | None]) -> tuple[str, list[str]] | None:
+    """Why a layer with parameters has no Kronecker-factored gradient, with the layers to leave out; or None."""
     label = name or "the model itself"
     for p_name, p in module.named_parameters(recurse=False):
         others = [o for o in owners[id(p)] if o != label]
         if others:
             return (f"layer {label!r} shares its parameter {p_name!r} with layer {others[0]!r} (tied weights): "
-                    f"Kronecker factors need each weight in one layer. {_exclusion_fix([name, *others])}")
+                    "Kronecker factors need each weight in one layer.", [name, *others])
         places = used_outside.get(p_name)
         if places == {"nowhere"}:
-            return f"layer {label!r} is never called in the forward pass. {_exclusion_fix([name])}"
+            return f"layer {label!r} is never called in the forward pass.", [name]
         if places:
             return (f"layer {label!r}'s parameter {p_name!r} is used outside its own forward call (inside "
-                    f"{', '.join(sorted(repr(w) for w in places))}), so its gradient is not d a^T. "
-                    f"{_exclusion_fix([name])}")
+                    f"{', '.join(sorted(repr(w) for w in places))}), so its gradient is not d a^T.", [name])
     if not factorable(module):
         if isinstance(module, nn.Conv2d):
             return (f"layer {label!r}: K-FAC supports Conv2d with groups=1, numeric padding and padding_mode="
-                    f"'zeros'. {_exclusion_fix([name])}")
+                    "'zeros'.", [name])
         return (f"layer {label!r} ({type(module).__name__}) has parameters but no Kronecker-factored form "
-                f"(K-FAC/EK-FAC support nn.Linear and nn.Conv2d). {_exclusion_fix([name])}")
+                "(K-FAC/EK-FAC support nn.Linear and nn.Conv2d).", [name])
     return None
 
 

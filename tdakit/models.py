@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import deprecation
 from .errors import InputError, ModelError
@@ -62,6 +63,7 @@ class FlatModel:
                           "(identity) in every training step, replay and retraining, so all paths follow the same "
                           "trajectory. Remove them, or set p=0, to silence this (docs/your-own-model.md)",
                           UserWarning, stacklevel=3)
+        self.has_attention = any(isinstance(m, nn.MultiheadAttention) for m in module.modules())
         self.module = copy.deepcopy(module).to("meta").eval()
         self.network = copy.deepcopy(module).eval()  # real tensors: initialisation and forward hooks run on it
         self.norms = {name: self.network.get_submodule(name) for name in norms}
@@ -111,7 +113,16 @@ class FlatModel:
         are computed in theta's dtype (a float32 test set against a float64 run, say)."""
         if x.is_floating_point() and x.dtype != theta.dtype:
             x = x.to(theta.dtype)
-        return functional_call(self.module, self.unflatten(theta), (x,))
+        return self.call(self.module, self.unflatten(theta), x)
+
+    def call(self, module: nn.Module, values: dict[str, Tensor], x: Tensor) -> Tensor:
+        """functional_call(module, values, x); attention through PyTorch's plain ("math") kernel when the model has
+        nn.MultiheadAttention layers, whose fused CPU kernel has no second derivative (exact unrolling needs one)
+        and no batching rule: one kernel, so every path computes the same numbers."""
+        if not self.has_attention:
+            return functional_call(module, values, (x,))
+        with sdpa_kernel(SDPBackend.MATH):
+            return functional_call(module, values, (x,))
 
     def _check_size(self, theta: Tensor) -> None:
         if theta.shape[-1] != self.num_params:
@@ -142,10 +153,10 @@ class FlatModel:
         gathering a flat [P] gradient (exact unrolling uses this)."""
         values = self._with_aliases(dict(zip(self.param_names, params, strict=True)))
         if not self.num_state:
-            return functional_call(self.module, values, (x,)), None
+            return self.call(self.module, values, x), None
         self._sink.begin(coefficients)
         try:
-            outputs = functional_call(self.train_module, values, (x,))
+            outputs = self.call(self.train_module, values, x)
         finally:
             seen = self._sink.end()
         stats = list(torch.split(state.detach(), self.state_sizes, -1))
