@@ -5,8 +5,10 @@ everywhere (docs/experiments.md lists them). ``preset("concrete").train()`` trai
 ``.methods()`` names the method configurations the experiment runner compares on it.
 
 - concrete: UCI Concrete, 896 train / 103 queries; MLP 3 x 128; SGD momentum 0.9, lr 3e-2, weight decay
-  1e-5, batch 32, 20 epochs (560 steps); exact Gauss-Newton curvature.
-- concrete_narrow: the same data and recipe with an MLP 2 x 32; full Hessian, negative eigenvalues clipped.
+  1e-5, batch 32, 20 epochs (560 steps); exact Gauss-Newton curvature; trained in float64 (in float32 its 560
+  steps amplify another CPU's rounding into different runs).
+- concrete_narrow: the same data and recipe with an MLP 2 x 32; full Hessian, negative eigenvalues clipped;
+  float64.
 - mnist: the embedded 4000-image MNIST subset, 100 queries; MLP 512-256-128; SGD momentum 0.9, lr 3e-2,
   weight decay 1e-3, batch 64, 20 epochs (1260 steps); EK-FAC.
 - noisy_mnist: the same images with 30% random labels; lr 1e-2, weight decay 3e-5, 3 epochs (189 steps):
@@ -170,12 +172,13 @@ PRESETS: dict[str, Preset | StagedPreset] = {
     "concrete": Preset(
         "concrete", "concrete", (128, 128, 128), Regression(),
         Recipe(lr=3e-2, epochs=20, batch_size=32, momentum=0.9, weight_decay=1e-5), curvature="ggn",
-        description="the paper's MLP 3 x 128 and recipe (560 steps), exact Gauss-Newton curvature"),
+        description="the paper's MLP 3 x 128 and recipe (560 steps), exact Gauss-Newton curvature; float64, so "
+                    "that every CPU trains the same run (BENCHMARKS.md, issue 19)", dtype=torch.float64),
     "concrete_narrow": Preset(
         "concrete_narrow", "concrete", (32, 32), Regression(),
         Recipe(lr=3e-2, epochs=20, batch_size=32, momentum=0.9, weight_decay=1e-5), curvature="hessian_clipped",
         description="UCI Concrete, a narrow MLP 2 x 32 (1,377 parameters: full Hessian, negative eigenvalues "
-                    "clipped)"),
+                    "clipped); float64", dtype=torch.float64),
     "mnist": Preset(
         "mnist", "mnist5k", (512, 256, 128), Classification(),
         Recipe(lr=3e-2, epochs=20, batch_size=64, momentum=0.9, weight_decay=1e-3), curvature="ekfac",
