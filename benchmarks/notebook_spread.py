@@ -113,7 +113,8 @@ def _report_cell(label: str, index: int, cell, runs: dict, markdown: bool) -> No
             continue
         total = len(next(iter(moved_by.values())))
         status = f"FAILS in {', '.join(sorted(failing))}" if failing else "passes"
-        allowed = "one unit" if tolerance == Tolerance() else f"one unit + {tolerance.abs:g} + {tolerance.rel:g} x"
+        allowed = " + ".join(["one unit", *([f"{tolerance.abs:g}"] if tolerance.abs else []),
+                              *([f"{tolerance.rel:g} x |stored|"] if tolerance.rel else [])])
         if markdown:
             moves = " / ".join(f"{largest[n]:.3g}" for n in runs)
             print(f"| {label} | {index} | {len(moved)} of {total} | {moves} | {allowed} | {status} |")
