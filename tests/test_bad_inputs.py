@@ -305,6 +305,10 @@ def test_short_reprs_and_html_for_results(runs):
     row = scores.values[0]
     assert best[0][0] == int(row.argmax()) and worst[0][0] == int(row.argmin())
     assert "too small" in repr(truth)
+    experiment = tdakit.Experiment(r, q, truth, {"grad": "grad_dot", "TracIn": "tracin"}, title="two baselines")
+    assert "methods: grad, TracIn" in repr(experiment) and len(repr(experiment)) < 400
+    table = experiment.table(progress=False, cache=False)
+    assert repr(table) == table.text() and "<table>" in table._repr_html_() and "TracIn" in table._repr_html_()
 
 
 def test_lds_and_reliability_warn_when_too_small(runs):
