@@ -42,8 +42,8 @@ class Scores:
         return {"values": f"{self.shape[0]} queries x {self.shape[1]} training points "
                           f"({display.shape_of(self.values)}), in the measurement's units",
                 "convention": "score[q, i] = d f_q / d w_i; deleting S changes f_q by about -sum_S score[q, i]",
-                "settings": settings or "defaults", "stage": self.stage, **{"note" if len(self.notes) == 1 else f"note {k + 1}": note
-                                                     for k, note in enumerate(self.notes)}}
+                "settings": settings or "defaults", "stage": self.stage,
+                **{"note" if len(self.notes) == 1 else f"note {k + 1}": note for k, note in enumerate(self.notes)}}
 
     def top(self, query: int, k: int = 3) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
         """The k training points that raise query ``query``'s measurement most (largest scores) and the k that
