@@ -77,8 +77,9 @@ def test_a_wrong_source_fails_the_notebook_checks(mutation, tmp_path, monkeypatc
     for index, cell in zip(CELLS, run.cells[1:], strict=True):
         tolerance = Tolerance.of_cell(stored.cells[index].metadata)
         for old, new in zip(_texts(stored.cells[index]), _texts(cell), strict=True):
-            if differences(old, new, tolerance):
+            if found := differences(old, new, tolerance):
                 failing.append(index)
+                print(f"{mutation}: cell {index}: {found[:2]}")  # what BENCHMARKS.md quotes (pytest -s)
     assert SOURCE_CELL in failing, f"the notebook checks did not notice SOURCE with its {mutation}"
     assert set(failing) <= {SOURCE_CELL}, "cells without SOURCE changed too: the comparison is not what it seems"
 

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import SettingError
 
-AUTO_ROWS = 6000  # about 10 s of float64 eigendecomposition on 2 CPU cores (BENCHMARKS.md, issue 24)
+AUTO_ROWS = 2000  # exact-GGN influence on an MNIST MLP then takes ~4 s on 2 CPU cores (BENCHMARKS.md, issue 24)
 MEMORY_SHARE = 0.5  # the share of the available memory one fit may plan to hold
 
 
