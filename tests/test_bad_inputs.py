@@ -487,3 +487,15 @@ def test_random_inputs_give_a_result_or_a_tdakit_error(seed):
     else:
         assert outputs == 1
     assert scores.values.shape == (min(2, n), n) and torch.isfinite(scores.values).all()
+
+
+def test_a_long_exact_ggn_fit_shows_its_progress(runs, monkeypatch, capsys):
+    from tdakit.curvature import dense
+
+    r = runs["reg"]
+    monkeypatch.setattr(dense, "LONG_ROWS", 10)
+    quiet = dense.ggn_curvature(r.model, r.task, r.final[None], r.train, 1e-5, progress=False)
+    assert "exact GGN" not in capsys.readouterr().err
+    shown = dense.ggn_curvature(r.model, r.task, r.final[None], r.train, 1e-5, progress=True)
+    assert "exact GGN (48 rows): factors, Gram, eigendecomposition" in capsys.readouterr().err
+    assert torch.equal(quiet.eigenvalues, shown.eigenvalues)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
+from tqdm.auto import tqdm
 
 from ..datasets import Split
 from ..errors import SettingError
@@ -23,6 +24,8 @@ from ..task import Task
 from .base import register
 from .budget import GgnCost, check_fits
 from .eigen import EigenCurvature, SampleSpaceCurvature
+
+LONG_ROWS = 2000  # from here on an exact GGN fit takes seconds (BENCHMARKS.md, issue 24): it shows a bar
 
 MAX_DENSE_PARAMS = 12_000
 
@@ -124,19 +127,27 @@ def ggn_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Split, wei
         a = output_jacobians(model, task, theta, data)  # [n, o, P]
         return (a if scale is None else a * scale[:, None, None]).flatten(0, 1)
 
+    rows = n * outputs * C
+    bar = tqdm(total=C + 2, desc=f"exact GGN ({rows:,} rows): factors, Gram, eigendecomposition",
+               disable=not progress or rows < LONG_ROWS, leave=False)
     first = factor(thetas[0])
-    rows, P = len(first) * C, first.shape[1]
+    bar.update()
+    P = first.shape[1]
     A = first.new_empty(rows, P)  # filled in place: one copy of the factor, not three
     A[:len(first)] = first
     del first
     for c in range(1, C):
         A[c * rows // C:(c + 1) * rows // C] = factor(thetas[c])
+        bar.update()
     A.mul_((n * C) ** -0.5)  # G - wd I = A^T A
     gram = torch.zeros(rows, rows, dtype=torch.float64, device=A.device)
     for s in range(0, P, chunk):  # accumulate over parameter blocks: never a float64 copy of A
         block = A[:, s:s + chunk].double()
         gram += block @ block.T
-    sigma, U = torch.linalg.eigh(gram)
+    bar.update()
+    sigma, U = torch.linalg.eigh(gram)  # one LAPACK call: the bar moves when it returns (about rows^3)
+    bar.update()
+    bar.close()
     keep = sigma > rtol * sigma.max().clamp(min=1e-300)
     return SampleSpaceCurvature(A, U[:, keep], sigma[keep], floor=float(weight_decay),
                                 weight_decay=float(weight_decay))
