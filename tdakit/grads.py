@@ -119,10 +119,14 @@ def vmap_or_loop(fn: Callable, in_dims: int | tuple = 0) -> Callable:
     return call
 
 
+NO_RULE_SIGNS = ("Batching rule not implemented", "doesn't match the broadcast shape", "batched tensor",
+                 "BatchedTensor")  # how torch.func says a layer has no (working) batching rule
+
+
 def _no_batching_rule(err: RuntimeError) -> bool:
-    text = str(err)
-    return any(sign in text for sign in ("Batching rule not implemented", "doesn't match the broadcast shape",
-                                         "vmap", "batched tensor", "BatchedTensor"))
+    """Whether ``err`` is torch.func refusing to batch an operation (then the loop gives the same numbers). Any
+    other error re-raises; and a real error misread as this one re-raises from the loop's first slice."""
+    return any(sign in str(err) for sign in NO_RULE_SIGNS)
 
 
 def rows_per_chunk(num_params: int, budget_elements: int | None = None, device: torch.device | str | None = None,

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
 import torch
+from tqdm.auto import tqdm
 
 VERSION = 3  # bump when the meaning of cached values changes
 
@@ -102,6 +104,11 @@ def save(cache: CacheSpec, name: str, key: str, value: dict) -> None:
     where = folder(cache)
     if where is not None:
         save_atomic(where / f"{name}-{key}.pt", value)
+
+
+def notice(message: str) -> None:
+    """One line for the user beside the progress bars, on stderr (callers say it only with progress=True)."""
+    tqdm.write(message, file=sys.stderr)
 
 
 def cached(cache: CacheSpec, name: str, key: str, compute: Callable[[], dict]) -> dict:

@@ -226,8 +226,13 @@ def train(model: nn.Module | FlatModel, data: Split, recipe: Recipe, task: Task,
     at = spec.steps(len(lrs))
     key = store.key_of("run", flat.describe(), task, recipe, data.fingerprint(), str(dtype), at.tolist(),
                        weights, *([init] if given else []))
-    saved = store.cached(store.folder(cache), "run", key, lambda: _trajectory(
-        flat, data, recipe, task, init, batches, lrs, weights, at, progress))
+    saved = store.load(cache, "run", key)
+    if saved is None:
+        saved = store.cached(cache, "run", key, lambda: _trajectory(
+            flat, data, recipe, task, init, batches, lrs, weights, at, progress))
+    elif progress:
+        store.notice(f"train: the run ({len(lrs)} steps) read from the cache ({store.folder(cache)}); "
+                     "cache=False trains it again")
     return Run(flat, task, recipe, data, init, saved["final"], saved["checkpoints"], at, lrs, batches,
                weights, saved["losses"], spec.placement)
 
@@ -318,11 +323,14 @@ def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, ta
     weights = torch.ones(n, dtype=dtype, device=device)
     runs = []
     chunk = retraining_chunk(flat, task, data, recipe.batch_size, dtype, device)
+    reused = 0
     for s in range(0, len(recipes), chunk):
         part = slice(s, s + chunk)
         key = store.key_of("ensemble", flat.describe(), task, recipe, data.fingerprint(), str(dtype), at.tolist(),
                            [r.seed for r in recipes[part]])
-        saved = store.cached(store.folder(cache), "ensemble", key, lambda part=part: dict(zip(
+        saved = store.load(cache, "ensemble", key)
+        reused += 0 if saved is None else len(recipes[part])
+        saved = saved or store.cached(cache, "ensemble", key, lambda part=part: dict(zip(
             ("final", "checkpoints", "losses"), train_many(flat, data, recipe, task, inits[part], orders[part],
                                                            progress=progress, desc="train ensemble",
                                                            checkpoint_steps=at), strict=True)))
@@ -330,5 +338,8 @@ def train_ensemble(model: nn.Module | FlatModel, data: Split, recipe: Recipe, ta
         for j, r in enumerate(recipes[part]):
             runs.append(Run(flat, task, r, data, inits[s + j], final[j], ckpts[j], at, lrs, orders[s + j],
                             weights, losses[j], spec.placement))
+    if reused and progress:
+        store.notice(f"train_ensemble: {reused} of {len(recipes)} members read from the cache "
+                     f"({store.folder(cache)}), {len(recipes) - reused} trained; cache=False trains them all again")
     return runs
 

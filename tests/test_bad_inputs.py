@@ -401,6 +401,19 @@ def test_train_ensemble_is_cached(tmp_path):
     assert all(torch.equal(a.final, b.final) for a, b in zip(first, again, strict=True))
 
 
+def test_a_run_or_ensemble_from_the_cache_says_so_only_with_progress(tmp_path, capsys):
+    data = regression_data()
+    tdakit.train(mlp(), data, QUICK, tdakit.Regression(), progress=True, cache=tmp_path)
+    assert "from the cache" not in capsys.readouterr().err  # trained, not read
+    tdakit.train(mlp(), data, QUICK, tdakit.Regression(), progress=False, cache=tmp_path)
+    assert capsys.readouterr().err == ""
+    tdakit.train(mlp(), data, QUICK, tdakit.Regression(), progress=True, cache=tmp_path)
+    assert "train: the run" in capsys.readouterr().err
+    tdakit.train_ensemble(mlp(), data, QUICK, tdakit.Regression(), members=2, progress=False, cache=tmp_path)
+    tdakit.train_ensemble(mlp(), data, QUICK, tdakit.Regression(), members=2, progress=True, cache=tmp_path)
+    assert "train_ensemble: 2 of 2 members read from the cache" in capsys.readouterr().err
+
+
 def test_report_files_follow_the_umask(tmp_path):
     from tdakit.store import write_atomic
 

@@ -15,29 +15,17 @@ from torch import Tensor
 
 from .. import curvature as curv
 from ..datasets import Split
-from ..errors import ResultError, SettingError
+from ..errors import ResultError
 from ..grads import measurement_grads
 from ..training import Run
 from .products import Plan, Term
-
-DAMPINGS = ("implied", "heuristic")
+from .settings import check_damping
 
 
 def implied_damping(run: Run) -> float:
     """1 / sum_k eta_k/(1 - momentum): the damping that unrolling the whole run behaves like
     ((1 - exp(-eta T s))/s ~ 1/(s + 1/(eta T))). Chosen from the recipe, not tuned on ground truth."""
     return 1.0 / float(run.effective_lrs.sum())
-
-
-def check_damping(damping) -> None:
-    """Raise a clear error unless damping is a number >= 0, "implied" or "heuristic"."""
-    if isinstance(damping, str):
-        if damping not in DAMPINGS:
-            raise SettingError(f"damping must be a number >= 0 or one of {DAMPINGS}, got {damping!r}")
-        return
-    if isinstance(damping, bool) or not isinstance(damping, float | int) or not damping >= 0 \
-            or not math.isfinite(damping):
-        raise SettingError(f"damping must be a finite number >= 0, 'implied' or 'heuristic', got {damping!r}")
 
 
 def damped_inverse(H: curv.Curvature, damping: float | str, run: Run, relative: float = 0.1,
@@ -81,4 +69,4 @@ def influence_plan(run: Run, query: Split, damping: float | str = "implied", cur
     return Plan(run.model, run.task, run.train, [Term(theta, u, -1.0 / run.num_train)], len(query))
 
 
-__all__ = ["influence_plan", "implied_damping", "damped_inverse", "check_damping", "DAMPINGS"]
+__all__ = ["influence_plan", "implied_damping", "damped_inverse", "check_damping"]

@@ -20,10 +20,9 @@ import torch
 from torch import Tensor
 
 from .. import curvature as curv
-from .. import layers
 from ..datasets import Split
 from ..datasets.core import check_split
-from ..errors import InputError, ModelError, SettingError
+from ..errors import InputError, SettingError
 from ..stages import StagedRun
 from ..training import Run
 from . import staged as _staged
@@ -154,15 +153,7 @@ def auto_curvature(run: Run | StagedRun, method: str, settings: Settings) -> tup
     if method == "source" and isinstance(settings, SourceSettings) and len(stage.checkpoints):
         pieces = settings.segments if isinstance(settings.segments, int) else max(len(settings.segments) - 1, 1)
         together = -(-len(stage.checkpoints) // pieces)
-    example = stage.train.x[:1].to(stage.final.device, stage.final.dtype)
-    outputs = stage.model(stage.final, example).shape[-1]
-    cost = curv.budget.GgnCost.of(stage.num_train, outputs, together, stage.final.shape[-1], stage.final.dtype)
-    try:
-        layers.factored(stage.model, example=example)
-        factorable = True
-    except ModelError:
-        factorable = False
-    return curv.budget.choose(cost, factorable, stage.final.device)
+    return curv.budget.auto(stage.model, stage.final, stage.train.x[:1], stage.num_train, together)
 
 
 def plans(run: Run | StagedRun, query: Split, method: str, progress: bool = False, **settings) -> list[Plan | Tensor]:

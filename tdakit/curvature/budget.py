@@ -14,8 +14,11 @@ import os
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from ..errors import SettingError
+from ..errors import ModelError, SettingError
+from ..layers import factored
+from ..models import FlatModel
 
 AUTO_ROWS = 2000  # exact-GGN influence on an MNIST MLP then takes ~4 s on 2 CPU cores (BENCHMARKS.md, issue 24)
 MEMORY_SHARE = 0.5  # the share of the available memory one fit may plan to hold
@@ -78,3 +81,18 @@ def choose(cost: GgnCost, kronecker_possible: bool, device: torch.device | str =
     if not kronecker_possible:
         return "ggn", (f"the exact Gauss-Newton ({cost.describe()}): EK-FAC cannot factor this model's layers")
     return "ekfac", f"the exact Gauss-Newton would hold {cost.describe()}; EK-FAC instead"
+
+
+def auto(model: FlatModel, theta: Tensor, example: Tensor, examples: int, fitted_together: int = 1) -> tuple[str, str]:
+    """The one rule for curvature="auto": ("ggn" | "ekfac", why) for a fit over ``examples`` training points of
+    ``fitted_together`` parameter sets [P] like ``theta``; ``example`` [1, *features] is one training input (it
+    gives the number of outputs and whether the layers can be factored)."""
+    example = example.to(theta.device, theta.dtype)
+    outputs = model(theta, example).shape[-1]
+    cost = GgnCost.of(examples, outputs, fitted_together, theta.shape[-1], theta.dtype)
+    try:
+        factored(model, example=example)
+        factorable = True
+    except ModelError:
+        factorable = False
+    return choose(cost, factorable, theta.device)

@@ -77,9 +77,7 @@ def fit(kind, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_
 def _fit(kind, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
          weights: Tensor | None, progress: bool) -> Curvature:
     if kind == "auto":  # what attribute() resolves before fitting; direct callers get the same rule
-        outputs = model(thetas[0], data.x[:1].to(thetas.device, thetas.dtype)).shape[-1]
-        cost = budget.GgnCost.of(len(data), outputs, len(thetas), thetas.shape[-1], thetas.dtype)
-        kind = budget.choose(cost, kronecker_possible=True, device=thetas.device)[0]
+        kind = budget.auto(model, thetas[0], data.x[:1], len(data), len(thetas))[0]
     if isinstance(kind, str):
         if kind not in BACKENDS:
             raise SettingError(f"unknown curvature {kind!r}; choose one of {', '.join(BACKENDS)} or pass "

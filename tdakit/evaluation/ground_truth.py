@@ -9,7 +9,6 @@ is cached atomically, so an interrupted computation resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,11 +74,6 @@ def too_few(subsets: int, queries: int, seeds: int | None = None) -> str | None:
     return "too small for the LDS interval to mean much: " + "; ".join(problems)
 
 
-def notice(message: str) -> None:
-    """One line for the user (beside the progress bars, on stderr); silenced with progress=False."""
-    tqdm.write(message, file=sys.stderr)
-
-
 def random_subsets(n: int, subsets: int, fraction: float, seed: int) -> Tensor:
     """bool [subsets, n], each row keeping round(fraction * n) points."""
     if not 0.0 < fraction < 1.0:
@@ -110,7 +104,7 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
     ~/.cache/tdakit), a folder, or False. chunk: tdakit 0.2's name of models_per_chunk."""
     models_per_chunk = renamed_chunk(models_per_chunk, chunk, "groundtruth")
     check_query(run, query)
-    check_counts(subsets, seeds, len(query))
+    check_counts(subsets, seeds)
     masks = random_subsets(run.num_train, subsets, fraction, seed)
 
     def retrain_jobs(keep: Tensor, init_seeds: list[int], order_seeds: list[int], on_step) -> Tensor:
@@ -134,13 +128,12 @@ def renamed_chunk(models_per_chunk: int | None, chunk: int | None, caller: str) 
     return chunk
 
 
-def check_counts(subsets: int, seeds: int, queries: int) -> None:
-    """Raise a clear error for a ground truth that would be empty or unjudgeable."""
+def check_counts(subsets: int, seeds: int) -> None:
+    """Raise a clear error for a ground truth that would be empty or unjudgeable (the queries are
+    ``check_query``'s)."""
     for name, value, least in (("subsets", subsets, 2), ("seeds", seeds, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise SettingError(f"{name} must be a whole number >= {least}, got {value!r}")
-    if queries == 0:
-        raise SettingError("the query split is empty; pass at least one query")
 
 
 def collect(masks: Tensor, seeds: int, queries: int, dtype: torch.dtype, seed: int,
@@ -190,7 +183,7 @@ def collect(masks: Tensor, seeds: int, queries: int, dtype: torch.dtype, seed: i
         bar.update(done_before + len(part) - bar.n)  # exact count (a cached chunk arrives at once)
     bar.close()
     if reused and progress:
-        notice(f"{desc.split(' (')[0]}: {reused} of {len(jobs)} models read from the cache "
+        store.notice(f"{desc.split(' (')[0]}: {reused} of {len(jobs)} models read from the cache "
                f"({store.folder(cache)}), {len(jobs) - reused} retrained")
     if distributed.active():  # the other processes' chunks: sum the measurements (each filled only its own)
         values = distributed.sum_over_ranks(values)

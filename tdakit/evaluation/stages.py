@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import store
+from ..attribution.methods import check_query
 from ..datasets import Split
 from ..errors import InputError
 from ..grads import measurements
@@ -68,7 +69,8 @@ def groundtruth_stages(staged: StagedRun, query: Split, stage: int | str, subset
     rerun R seeds on each (other stages keep all their data). values[m, r, q]; cached per chunk of
     ``models_per_chunk`` pipelines (default: one vmap batch; ``chunk``: tdakit 0.2's name for it)."""
     models_per_chunk = renamed_chunk(models_per_chunk, chunk, "groundtruth_stages")
-    check_counts(subsets, seeds, len(query))
+    check_query(staged.runs[-1], query)  # the queries are measured on the last stage's model and task
+    check_counts(subsets, seeds)
     s = staged.stage(stage)
     masks = random_subsets(staged.runs[s].num_train, subsets, fraction, seed)
 
