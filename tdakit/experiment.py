@@ -25,7 +25,7 @@ from .attribution import Scores, attribute_many, ensemble
 from .datasets import Split
 from .errors import SettingError
 from .evaluation import GroundTruth, Interval, Reliability, lds, paired_difference, reliability, spearman
-from .evaluation.ground_truth import too_few
+from .evaluation.ground_truth import describe_protocol, too_few
 from .plots import lds_bars
 from .stages import StagedRun
 from .training import Run
@@ -81,6 +81,7 @@ class Table:
     title: str = ""
     scores: dict[str, Scores] = field(default_factory=dict, repr=False)
     warning: str | None = None  # set when the ground truth is too small for the intervals to mean much
+    protocol: str = "fresh"  # the ground truth's retraining protocol (``groundtruth(protocol=)``)
 
     def __getitem__(self, label: str) -> Row:
         for row in self.rows:
@@ -118,10 +119,9 @@ class Table:
             if seconds:
                 line += f"  {'(from cache)' if r.cached else f'{r.seconds:.1f}':>16}"
             lines.append(line)
+        lines.append(f"ground truth: {describe_protocol(self.protocol)}")
         if self.reliability is not None:
-            rel = self.reliability
-            lines.append(f"ground truth: reliability {rel.reliability:.{digits}f} (R = {rel.seeds}), LDS ceiling "
-                         f"~{rel.ceiling:.{digits}f}")
+            lines.append(f"ground truth: {self.reliability.text(digits)}")
         if self.warning:
             lines.append(f"warning: ground truth {self.warning}")
         return "\n".join(lines)
@@ -131,8 +131,8 @@ class Table:
 
     def _repr_html_(self) -> str:
         rel = self.reliability
-        facts = {"ground truth": None if rel is None else f"reliability {rel.reliability:.3f} (R = {rel.seeds}), "
-                 f"LDS ceiling ~{rel.ceiling:.3f}", "warning": self.warning}
+        facts = {"protocol": describe_protocol(self.protocol), "ground truth": None if rel is None else rel.text(),
+                 "warning": self.warning}
         header = ["method", "LDS", "95% interval"] + ([f"vs {self.reference}"] if self.reference else []) \
             + ([f"- {self.baseline} (paired)"] if self.baseline else []) + ["seconds"]
         rows = []
@@ -147,7 +147,7 @@ class Table:
 
     def as_dict(self) -> dict:
         rel = self.reliability
-        return {"title": self.title, "reference": self.reference, "baseline": self.baseline,
+        return {"title": self.title, "reference": self.reference, "baseline": self.baseline, "protocol": self.protocol,
                 "reliability": None if rel is None else rel.reliability,
                 "ceiling": None if rel is None else rel.ceiling, "seeds": None if rel is None else rel.seeds,
                 "rows": [r.as_dict() for r in self.rows]}
@@ -159,7 +159,7 @@ class Table:
     def plot(self, ax=None):
         """LDS per method with intervals and the ground truth's ceiling (``plots.lds_bars``)."""
         return lds_bars({r.label: r.lds for r in self.rows}, None if self.reliability is None
-                        else self.reliability.ceiling, ax=ax, title=self.title or None)
+                        else self.reliability.ceiling, ax=ax, title=self.title or None, protocol=self.protocol)
 
 
 def write_json_atomic(path: Path, value) -> None:
@@ -221,16 +221,19 @@ class Experiment:
                             else paired_difference(results[label], results[self.baseline])))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            rel = reliability(self.truth) if self.truth.num_seeds >= 2 else None
-        warning = too_few(*self.truth.masks.shape[:1], self.truth.values.shape[2], self.truth.num_seeds)
-        return Table(rows, rel, self.reference, self.baseline, self.title, scores, warning)
+            same = self.truth.protocol == "same"
+            rel = reliability(self.truth) if self.truth.num_seeds >= 2 or same else None
+        warning = too_few(*self.truth.masks.shape[:1], self.truth.values.shape[2],
+                          None if same else self.truth.num_seeds)
+        return Table(rows, rel, self.reference, self.baseline, self.title, scores, warning, self.truth.protocol)
 
     def __repr__(self) -> str:
         runs = len(self.run) if isinstance(self.run, Sequence) else 1
         return display.text_block(f"Experiment{': ' + self.title if self.title else ''}", {
             "run": f"an ensemble of {runs} runs" if isinstance(self.run, Sequence) else type(self.run).__name__,
             "queries": len(self.query), "ground truth": f"{self.truth.masks.shape[0]} subsets x "
-            f"{self.truth.num_seeds} seeds", "methods": ", ".join(self.methods), "reference": self.reference,
+            f"{self.truth.num_seeds} seeds, protocol {self.truth.protocol!r}", "methods": ", ".join(self.methods),
+            "reference": self.reference,
             "baseline": self.baseline, "stage": self.stage})
 
     def compute(self, methods: dict[str, Method], progress: bool = True,

@@ -89,14 +89,18 @@ def predicted_vs_actual(scores, truth, query: int = 0, ax=None, unit: str = "", 
     rho = float(spearman(pred, actual))
     suffix = f" ({unit})" if unit else ""
     ax.set_xlabel(f"predicted change{suffix}")
-    ax.set_ylabel(f"actual change after retraining{suffix}")
+    ax.set_ylabel(f"actual change after retraining{suffix}\n({PROTOCOL_LABELS[truth.protocol]})")
     ax.set_title(f"{name}: Spearman {rho:.2f}")
     return ax
 
 
-def lds_bars(results: dict[str, Interval], ceiling: float | None = None, ax=None, title: str | None = None):
-    """LDS per method with 95% intervals; the ground truth's ceiling as a dashed line. Method names are
-    written under the bars, turned so that they never overlap."""
+PROTOCOL_LABELS = {"fresh": "retrained with fresh seeds", "same": "retrained along the same trajectory"}
+
+
+def lds_bars(results: dict[str, Interval], ceiling: float | None = None, ax=None, title: str | None = None,
+             protocol: str = "fresh"):
+    """LDS per method with 95% intervals; the ground truth's ceiling as a dashed line; the ground truth's
+    protocol in the axis label. Method names are written under the bars, turned so that they never overlap."""
     ax = _axes(ax, (0.9 * len(results) + 2.5, 3.8))
     names = list(results)
     values = np.array([results[n].value for n in names])
@@ -106,7 +110,7 @@ def lds_bars(results: dict[str, Interval], ceiling: float | None = None, ax=None
     if ceiling is not None:
         ax.axhline(ceiling, ls="--", color="tab:red", label=f"ceiling of the ground truth ~{ceiling:.2f}")
         ax.legend(loc="upper right")
-    ax.set_ylabel("LDS (Spearman, mean over queries)")
+    ax.set_ylabel(f"LDS (Spearman, mean over queries)\nground truth {PROTOCOL_LABELS[protocol]}")
     ax.set_title(title or "Linear datamodeling score, 95% intervals over queries")
     return ax
 

@@ -19,7 +19,11 @@ def test_demo_writes_the_report_and_reuses_the_cache(tmp_path, capsys, monkeypat
                                                    "Fast-SOURCE (L=3)"]
     assert "(from cache)" not in out
     assert all(-1 <= r["lds"] <= 1 and r["lds_low"] <= r["lds"] <= r["lds_high"] for r in table["rows"])
-    for png in ("scores_vs_unrolled.png", "predicted_vs_actual.png", "lds.png"):
+    same = json.loads((tmp_path / "report" / "table_same_trajectory.json").read_text())
+    assert same["protocol"] == "same" and table["protocol"] == "fresh"
+    assert [r["label"] for r in same["rows"]] == [r["label"] for r in table["rows"]]
+    assert "same trajectory (the run's initialisation" in out and "exact unrolling ranks" in out
+    for png in ("scores_vs_unrolled.png", "predicted_vs_actual.png", "lds.png", "lds_same_trajectory.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000
     cached = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir())
     assert cached.count("run") == 1 and cached.count("groundtruth") >= 1 and cached.count("scores") == 4

@@ -26,7 +26,7 @@ from ..errors import InputError, SettingError
 from ..stages import StagedRun
 from ..training import Run
 from . import staged as _staged
-from .influence import influence_plan
+from .influence import auto_influence, influence_plan
 from .products import Plan, evaluate
 from .scores import Scores, ensure_finite
 from .settings import (
@@ -137,6 +137,14 @@ def prepare(run: Run | StagedRun, query: Split, method: str, given: Mapping[str,
     if getattr(settings, "curvature", None) == "auto":
         name, why = auto_curvature(run, method, settings)
         settings = settings.with_note(f"curvature 'auto' chose {name!r}: {why}", curvature=name)
+    if isinstance(settings, InfluenceSettings) and settings.damping == "auto":
+        fitted, damping = auto_influence(settings.curvature, "auto")
+        what = f"damping 'auto' chose {damping!r}"
+        if fitted != settings.curvature:
+            what += (f" and fits {settings.curvature!r} as the true Fisher of the loss alone ({fitted!r}), "
+                     "kronfluence's recipe")
+        settings = settings.with_note(f"{what} (measured: BENCHMARKS.md, issue 24)", damping=damping,
+                                      curvature=fitted)
     for one in run.stages:
         check_query(one, query)
         if spec.needs_checkpoints and len(one.checkpoints) == 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
@@ -24,6 +25,7 @@ from ..errors import SettingError, check_choice
 from ..hardware import Precision
 
 Damping = Literal["implied", "heuristic"]
+InfluenceDamping = Literal["auto", "implied", "heuristic"]
 Form = Literal["exp", "power"]
 Gradients = Literal["auto", "hooks", "vmap"]
 
@@ -80,14 +82,16 @@ class Settings:
         return [(f.name, f.default, f.metadata.get("help", ""), f.metadata.get("cost", "")) for f in fields(cls)]
 
 
-def check_damping(damping) -> None:
-    """Raise a clear error unless damping is a number >= 0, "implied" or "heuristic"."""
+def check_damping(damping, choices=Damping) -> None:
+    """Raise a clear error unless damping is a number >= 0 or one of ``choices`` ("implied", "heuristic"; influence
+    also takes "auto")."""
     if isinstance(damping, str):
-        check_choice("damping", damping, Damping)
+        check_choice("damping", damping, choices)
         return
     if isinstance(damping, bool) or not isinstance(damping, float | int) or not damping >= 0 \
             or not math.isfinite(damping):
-        raise SettingError(f"damping must be a finite number >= 0, 'implied' or 'heuristic', got {damping!r}")
+        names = ", ".join(repr(c) for c in typing.get_args(choices))
+        raise SettingError(f"damping must be a finite number >= 0 or one of {names}, got {damping!r}")
 
 
 def check_curvature(curvature) -> None:
@@ -130,9 +134,11 @@ class UnrolledSettings(Settings):
 
 @dataclass(frozen=True)
 class InfluenceSettings(Settings):
-    damping: float | str = setting("implied", "a number >= 0, 'implied' (1 / sum_k eta_k/(1 - momentum), what "
-                                              "unrolling the whole run behaves like) or 'heuristic' (0.1 x the "
-                                              "mean loss eigenvalue, per layer for Kronecker curvature)")
+    damping: float | str = setting("auto", "a number >= 0, 'implied' (1 / sum_k eta_k/(1 - momentum), what "
+                                           "unrolling the whole run behaves like), 'heuristic' (0.1 x the mean "
+                                           "loss eigenvalue, per layer for Kronecker curvature) or 'auto' "
+                                           "('heuristic' with EK-FAC/K-FAC, 'implied' with an exact curvature: "
+                                           "the measured better of the two for each; the scores record which)")
     curvature: Any = setting("auto", "'auto' (the exact Gauss-Newton 'ggn' while it fits, else 'ekfac'; the "
                                      "scores record which), a curvature backend name ('ggn', 'hessian', "
                                      "'hessian_clipped', 'ekfac', 'kfac') or tdakit.curvature.Kronecker(...)",
@@ -140,7 +146,7 @@ class InfluenceSettings(Settings):
     theta: torch.Tensor | None = setting(None, "the parameters [P] to take it at (default: the final ones)")
 
     def __post_init__(self):
-        check_damping(self.damping)
+        check_damping(self.damping, InfluenceDamping)
         check_curvature(self.curvature)
 
 

@@ -25,8 +25,9 @@ from .. import curvature as curv
 from ..datasets import Split
 from ..grads import measurement_grads
 from ..stages import StagedRun
-from .influence import check_damping, damped_inverse
+from .influence import auto_influence, check_damping, damped_inverse
 from .products import Plan, Term
+from .settings import InfluenceDamping
 from .source import segments_of, source_walk
 from .tracin import tracin_plan
 from .unroll import replay, unrolled_adjoint
@@ -67,13 +68,14 @@ def staged_tracin(staged: StagedRun, query: Split, progress: bool = True) -> lis
     return [tracin_plan(run, query, query_task=staged.task, progress=progress) for run in staged.runs]
 
 
-def staged_influence(staged: StagedRun, query: Split, damping: float | str = "implied",
+def staged_influence(staged: StagedRun, query: Split, damping: float | str = "auto",
                      curvature: curv.CurvatureSpec = "ekfac", theta: Tensor | None = None,
                      progress: bool = True) -> list[Plan]:
     """A practitioner's influence function: final parameters (or ``theta``), curvature of the pooled data,
     N = all points; "implied" damping is 1 / (the summed effective rate of every stage). For a pipeline of one
     stage this is ``influence_plan``."""
-    check_damping(damping)
+    check_damping(damping, InfluenceDamping)
+    curvature, damping = auto_influence(curvature, damping)
     theta = staged.final if theta is None else theta
     runs = staged.runs
     pooled = Split(torch.cat([r.train.x.to(theta.dtype) for r in runs]),

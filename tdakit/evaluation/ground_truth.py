@@ -1,9 +1,17 @@
 """Ground truth for the linear datamodeling score: retrain on random subsets, measure the queries.
 
-M random subsets, each of round(fraction * N) points; R seeds on each (seed r gives model r its
-initialisation on every subset, a common random number that makes subsets comparable; each (subset,
-seed) gets its own batch order). values[m, r, q] = f_q after retraining. Work is chunked and each chunk
-is cached atomically, so an interrupted computation resumes where it stopped.
+M random subsets, each keeping round(fraction * N) points (fraction=0.5: halves; 0.99: 1% removed). Two
+protocols say how each subset is retrained (docs/evaluation.md):
+
+- "fresh" (the default): R seeds on each subset (seed r gives model r its initialisation on every subset, a
+  common random number that makes subsets comparable; each (subset, seed) gets its own batch order). It asks
+  what the recipe does without the points, whatever the seed: the question a practitioner retraining asks.
+- "same": the run's own trajectory rerun once per subset (its initialisation and batch order, the removed
+  points weighted 0). It asks what *this* run would have done without them: the question exact unrolling
+  answers exactly, to first order. Retraining is deterministic, so R = 1 and reliability is 1 by construction.
+
+values[m, r, q] = f_q after retraining. Work is chunked and each chunk is cached atomically, so an interrupted
+computation resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -19,12 +27,13 @@ from tqdm.auto import tqdm
 from .. import deprecation, display, distributed, store
 from ..attribution.methods import check_query
 from ..datasets import Split
-from ..errors import SettingError
+from ..errors import SettingError, check_choice
 from ..grads import measurements
 from ..recipe import seed_of
 from ..stacking import even_chunks, retraining_chunk
 from ..training import Run
-from .retrain import retrain
+from .removal import Protocol
+from .retrain import retrain, retrain_reweighted
 
 
 @dataclass
@@ -33,6 +42,7 @@ class GroundTruth:
 
     masks: Tensor
     values: Tensor
+    protocol: str = "fresh"  # "fresh" (new seeds) or "same" (the run's own trajectory); see the module docstring
 
     @property
     def mean(self) -> Tensor:
@@ -46,16 +56,23 @@ class GroundTruth:
     def _facts(self) -> dict[str, object]:
         m, r, q = self.values.shape
         kept = float(self.masks.double().mean()) if self.masks.numel() else 0.0
-        return {"subsets": f"{m} subsets of {self.masks.shape[1]} training points, each keeping {kept:.0%}",
+        return {"protocol": describe_protocol(self.protocol),
+                "subsets": f"{m} subsets of {self.masks.shape[1]} training points, each keeping {kept:.0%}",
                 "seeds": f"{r} retrainings per subset", "queries": q,
                 "values": f"measurements {display.shape_of(self.values)} [subsets, seeds, queries]",
-                "warning": too_few(m, q, r)}
+                "warning": too_few(m, q, r if self.protocol == "fresh" else None)}
 
     def __repr__(self) -> str:
         return display.text_block("GroundTruth", self._facts())
 
     def _repr_html_(self) -> str:
         return display.html_block("GroundTruth", self._facts())
+
+
+def describe_protocol(protocol: str) -> str:
+    """One line naming a ground truth's protocol, for tables and plots."""
+    return {"fresh": "fresh (each subset retrained with new seeds)",
+            "same": "same trajectory (the run's initialisation and batch order, removed points weighted 0)"}[protocol]
 
 
 def too_few(subsets: int, queries: int, seeds: int | None = None) -> str | None:
@@ -94,30 +111,50 @@ def retraining_key(run: Run) -> tuple:
             str(run.final.dtype))
 
 
-def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.5, seeds: int = 5,
+def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.5, seeds: int | None = None,
                 seed: int = 0, models_per_chunk: int | None = None, cache: store.CacheSpec = True,
-                progress: bool = True, chunk: int | None = None) -> GroundTruth:
+                progress: bool = True, chunk: int | None = None, protocol: Protocol = "fresh") -> GroundTruth:
     """Retrain ``subsets`` x ``seeds`` models with the run's recipe; see the module docstring.
 
-    models_per_chunk: retrainings per cached piece, trained together (default: one vmap batch,
-    ``stacking.retraining_chunk``, so an interruption loses at most one batch). cache: True ($TDAKIT_CACHE or
-    ~/.cache/tdakit), a folder, or False. chunk: tdakit 0.2's name of models_per_chunk."""
+    fraction: the share of training points each subset keeps (0.5: halves; 0.99 and 0.95 remove 1% and 5%).
+    protocol: "fresh" (new seeds; ``seeds`` default 5) or "same" (the run's own trajectory; one retraining per
+    subset, so ``seeds`` is 1). models_per_chunk: retrainings per cached piece, trained together (default: one vmap
+    batch, ``stacking.retraining_chunk``, so an interruption loses at most one batch). cache: True ($TDAKIT_CACHE
+    or ~/.cache/tdakit), a folder, or False. chunk: tdakit 0.2's name of models_per_chunk."""
     models_per_chunk = renamed_chunk(models_per_chunk, chunk, "groundtruth")
+    check_choice("protocol", protocol, Protocol)
+    seeds = check_protocol_seeds(protocol, seeds)
     check_query(run, query)
     check_counts(subsets, seeds)
     masks = random_subsets(run.num_train, subsets, fraction, seed)
 
     def retrain_jobs(keep: Tensor, init_seeds: list[int], order_seeds: list[int], on_step) -> Tensor:
+        if protocol == "same":
+            weights = run.weights.to(run.final.device, run.final.dtype) * keep.to(run.final.device, run.final.dtype)
+            return retrain_reweighted(run, weights, progress=False, on_step=on_step)
         return retrain(run, keep, init_seeds=init_seeds, order_seeds=order_seeds, progress=False, on_step=on_step)
 
     def measurements_of(theta: Tensor) -> Tensor:
         return measurements(run.model, run.task, theta, query.to(device=theta.device))
 
-    key = store.key_of("groundtruth", retraining_key(run), query.fingerprint(), subsets, fraction, seed)
+    # a fresh ground truth depends on the recipe, not on which run it judges; the same-trajectory one on the run
+    origin = retraining_key(run) if protocol == "fresh" else ("same trajectory", run.fingerprint())
+    key = store.key_of("groundtruth", origin, query.fingerprint(), subsets, fraction, seed)
     chunk = models_per_chunk or retraining_chunk(run.model, run.task, run.train, run.recipe.batch_size,
                                                  run.final.dtype, run.final.device)
-    return collect(masks, seeds, len(query), run.final.dtype, seed, retrain_jobs, measurements_of, key, chunk, cache,
-                   progress, "ground truth (models)")
+    truth = collect(masks, seeds, len(query), run.final.dtype, seed, retrain_jobs, measurements_of, key, chunk,
+                    cache, progress, "ground truth (models)")
+    return dataclasses.replace(truth, protocol=protocol)
+
+
+def check_protocol_seeds(protocol: str, seeds: int | None) -> int:
+    """The seeds a protocol retrains each subset with: ``seeds`` (default 5) for "fresh", 1 for "same"."""
+    if protocol == "same":
+        if seeds not in (None, 1):
+            raise SettingError(f"protocol='same' reruns the run's own trajectory, which is deterministic: one "
+                               f"retraining per subset. Leave seeds out (or pass seeds=1), got seeds={seeds!r}")
+        return 1
+    return 5 if seeds is None else seeds
 
 
 def renamed_chunk(models_per_chunk: int | None, chunk: int | None, caller: str) -> int | None:

@@ -83,13 +83,22 @@ class Reliability:
     reliability: float
     ceiling: float
     seeds: int
+    protocol: str = "fresh"  # "same": 1 by construction (one deterministic retraining per subset), not measured
+
+    def text(self, digits: int = 3) -> str:
+        if self.protocol == "same":
+            return "reliability 1 by construction (same trajectory: retraining is deterministic), LDS ceiling 1"
+        return f"reliability {self.reliability:.{digits}f} (R = {self.seeds}), LDS ceiling ~{self.ceiling:.{digits}f}"
 
     def __str__(self) -> str:
-        return f"reliability {self.reliability:.3f} (R = {self.seeds}), LDS ceiling ~{self.ceiling:.3f}"
+        return self.text()
 
 
 def reliability(truth: GroundTruth, splits: int = 20, seed: int = 0) -> Reliability:
-    """Split the R seeds in random halves ``splits`` times; see ``Reliability``."""
+    """Split the R seeds in random halves ``splits`` times; see ``Reliability``. A same-trajectory ground truth
+    (``protocol="same"``) is repeatable by construction: its reliability is 1, said rather than measured."""
+    if truth.protocol == "same":
+        return Reliability(1.0, 1.0, truth.num_seeds, "same")
     R = truth.num_seeds
     if R < 2:
         raise InputError("reliability needs at least 2 seeds per subset; make the ground truth with seeds=2 or more")
