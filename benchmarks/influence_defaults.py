@@ -5,6 +5,7 @@ its own retraining ground truth (issue 24).
     python benchmarks/influence_defaults.py mnist        # MLP classifier: the mnist preset, M = 50, R = 5
     python benchmarks/influence_defaults.py cnn          # small CNN: 1,400 MNIST digits at 8 x 8, 38k parameters
     python benchmarks/influence_defaults.py cifar10_cpu  # ResNet-9 (width 8, BatchNorm), M = 50, R = 2
+    python benchmarks/influence_defaults.py noisy_mnist  # not converged: 3 epochs, 30% wrong labels, M = 50, R = 5
 
 The three choices, crossed (EK-FAC in every row; only influence's settings change, on the same trained run):
 
@@ -84,13 +85,13 @@ def setting_run(name: str):
     p = preset(name)
     data = p.data(progress=False) if name.startswith("cifar") else p.data()
     run = p.train(data, progress=False)
-    counts = {"concrete": (100, 20), "mnist": (50, 5), "cifar10_cpu": (50, 2)}[name]
+    counts = {"concrete": (100, 20), "mnist": (50, 5), "cifar10_cpu": (50, 2), "noisy_mnist": (50, 5)}[name]
     return run, data.query, *counts, p.description
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("setting", choices=["concrete", "mnist", "cnn", "cifar10_cpu"])
+    parser.add_argument("setting", choices=["concrete", "mnist", "cnn", "cifar10_cpu", "noisy_mnist"])
     parser.add_argument("--subsets", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None)
     args = parser.parse_args()

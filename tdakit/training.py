@@ -149,16 +149,18 @@ def as_flat(model: nn.Module | FlatModel) -> FlatModel:
     return FlatModel(model)
 
 
-def steps(step, data: Split, theta: Tensor, batches: Tensor, lrs: Tensor,
-          weights: Tensor) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """The one training loop: yields (k, theta after update k, the batch loss) for every update.
+def steps(step, data: Split, theta: Tensor, batches: Tensor, lrs: Tensor, weights: Tensor,
+          buf: Tensor | None = None, first: int = 0, last: int | None = None) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """The one training loop: yields (k, theta after update k, the batch loss) for updates first..last (default:
+    every update).
 
     step: ``Step`` (theta [P], batches [T, B], weights [N]) or ``Step.stacked(M)`` (theta [M, P], batches
-    [M, T, B], weights [M, N]); lrs [T]. The momentum buffer starts at zero. theta is copied once and then
-    updated in place: the tensor yielded is the same at every step, so clone what you keep."""
+    [M, T, B], weights [M, N]); lrs [T]. buf: the momentum buffer to start from, updated in place (default: zeros,
+    as training starts). theta is copied once and then updated in place: the tensor yielded is the same at every
+    step, so clone what you keep."""
     theta = theta.clone()
-    buf = torch.zeros_like(theta)
-    for k in range(len(lrs)):
+    buf = torch.zeros_like(theta) if buf is None else buf
+    for k in range(first, len(lrs) if last is None else last + 1):
         idx = batches.select(-2, k).to(theta.device)
         safe = idx.clamp(min=0)
         loss = step(theta, buf, data.x[safe], data.y[safe], batch_coefficients(idx, weights), lrs[k].to(theta.dtype))

@@ -68,3 +68,50 @@ def test_trajectory_specific_leave_one_out_is_predicted_by_minus_the_score(small
     # removing a whole point (1 of 16 in its batches) is a finite step: first order is close, not exact
     assert corr > 0.95, corr
     assert ((actual - predicted).norm() / actual.norm()) < 0.3
+
+
+@pytest.mark.parametrize("every", [1, 2, 3, 7, 100])
+def test_a_checkpointed_trajectory_serves_the_replayed_states_bit_for_bit(small_regression, every):
+    from tdakit.attribution.trajectory import Trajectory
+
+    train, _ = small_regression
+    recipe = tdakit.Recipe(lr=0.05, epochs=3, batch_size=10, momentum=0.9, weight_decay=1e-3)  # 21 steps
+    run = tdakit.train(smooth_mlp(), train, recipe, tdakit.Regression(), dtype=torch.float64, progress=False,
+                       cache=False)
+    whole = replay(run)
+    walk = Trajectory(run, keep_every=every)
+    assert torch.equal(walk.final, run.final)
+    for k in reversed(range(run.num_steps + 1)):  # the order the reverse pass asks in
+        assert torch.equal(walk[k], whole[k]), (every, k)
+    T, P = run.num_steps, run.model.num_params
+    expected = (T + 1) * P if every == 1 else 2 * -(-T // every) * P + min(every, T) * P  # checkpoints + a stretch
+    assert walk.stored_values == expected
+
+
+def test_checkpointed_unrolling_gives_the_same_scores_through_batchnorm_and_stages(small_regression):
+    from tdakit.zoo import resnet9
+
+    from .test_batchnorm import image_data
+
+    data = image_data(16, seed=4, channels=3, side=8)
+    recipe = tdakit.Recipe(lr=0.05, epochs=2, batch_size=8, momentum=0.9, weight_decay=1e-3)
+    run = tdakit.train(resnet9(num_classes=3, width=2), data, recipe, tdakit.Classification(), checkpoints=1,
+                       dtype=torch.float64, progress=False, cache=False)
+    query = data.subset(slice(0, 3))
+    whole = tdakit.attribute(run, query, "unrolled", keep_every=1, progress=False).values
+    for every in (2, 3):
+        got = tdakit.attribute(run, query, "unrolled", keep_every=every, progress=False).values
+        assert torch.equal(got, whole), every
+    train, query = small_regression
+    stages = [tdakit.Stage(train.subset(slice(0, 32)), tdakit.Recipe(lr=0.05, epochs=2, batch_size=8, seed=0)),
+              tdakit.Stage(train.subset(slice(32, 64)), tdakit.Recipe(lr=0.05, epochs=2, batch_size=8, seed=1))]
+    staged = tdakit.train_stages(smooth_mlp(), stages, tdakit.Regression(), dtype=torch.float64, progress=False,
+                                 cache=False)
+    a = tdakit.attribute(staged, query, "unrolled", keep_every=1, progress=False)
+    b = tdakit.attribute(staged, query, "unrolled", keep_every=3, progress=False)
+    assert all(torch.equal(x.values, y.values) for x, y in zip(a, b, strict=True))
+
+
+def test_keep_every_is_checked():
+    with pytest.raises(tdakit.TdakitError, match="keep_every"):
+        tdakit.METHODS["unrolled"].configure(keep_every=0)

@@ -16,11 +16,12 @@ from .ensemble import ensemble
 from .influence import implied_damping
 from .methods import METHODS, Registered, attribute, attribute_many, check_method, check_query, plans, register_method
 from .products import Plan, Term, evaluate
+from .refine import Refine
 from .scores import Scores
 from .settings import ProductOptions, Settings
 from .source import Segment, segment_scores, segments_of
 from .tracin import checkpoint_rates
 
-__all__ = ["Scores", "Registered", "METHODS", "register_method", "attribute", "attribute_many", "ensemble",
+__all__ = ["Scores", "Refine", "Registered", "METHODS", "register_method", "attribute", "attribute_many", "ensemble",
            "check_method", "check_query", "implied_damping", "segments_of", "segment_scores", "Segment",
            "checkpoint_rates", "Plan", "Term", "evaluate", "plans", "ProductOptions", "Settings"]

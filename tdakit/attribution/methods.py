@@ -26,7 +26,7 @@ from ..errors import InputError, SettingError
 from ..stages import StagedRun
 from ..training import Run
 from . import staged as _staged
-from .influence import auto_influence, influence_plan
+from .influence import influence_plan
 from .products import Plan, evaluate
 from .scores import Scores, ensure_finite
 from .settings import (
@@ -137,14 +137,6 @@ def prepare(run: Run | StagedRun, query: Split, method: str, given: Mapping[str,
     if getattr(settings, "curvature", None) == "auto":
         name, why = auto_curvature(run, method, settings)
         settings = settings.with_note(f"curvature 'auto' chose {name!r}: {why}", curvature=name)
-    if isinstance(settings, InfluenceSettings) and settings.damping == "auto":
-        fitted, damping = auto_influence(settings.curvature, "auto")
-        what = f"damping 'auto' chose {damping!r}"
-        if fitted != settings.curvature:
-            what += (f" and fits {settings.curvature!r} as the true Fisher of the loss alone ({fitted!r}), "
-                     "kronfluence's recipe")
-        settings = settings.with_note(f"{what} (measured: BENCHMARKS.md, issue 24)", damping=damping,
-                                      curvature=fitted)
     for one in run.stages:
         check_query(one, query)
         if spec.needs_checkpoints and len(one.checkpoints) == 0:
@@ -227,7 +219,8 @@ def scores_per_stage(run: Run | StagedRun, query: Split, method: str, progress: 
     seconds = time.perf_counter() - start
     recorded = {**checked.changed(), **options.recorded()}
     return [Scores(ensure_finite((next(values) if isinstance(p, Plan) else p).to(run.final.dtype), method),
-                   method, seconds, recorded, stage_of(run, s), checked.notes()) for s, p in enumerate(parts)]
+                   method, seconds, recorded, stage_of(run, s), checked.notes(),
+                   p.diagnostics if isinstance(p, Plan) else {}) for s, p in enumerate(parts)]
 
 
 def stage_of(run: Run | StagedRun, s: int) -> int | None:
@@ -273,7 +266,8 @@ def attribute_many(run: Run | StagedRun, query: Split, configs: Mapping[str, tup
     for label, (spec, checked) in prepared.items():
         recorded = {**checked.changed(), **options[label].recorded()}
         scores = [Scores(ensure_finite(values.get((label, s), part).to(run.final.dtype), spec.name), spec.name,
-                         seconds[label] + extra[label], recorded, stage_of(run, s), checked.notes())
+                         seconds[label] + extra[label], recorded, stage_of(run, s), checked.notes(),
+                         part.diagnostics if isinstance(part, Plan) else {})
                   for s, part in enumerate(parts[label])]
         result[label] = run.per_stage(scores)
     return result

@@ -15,7 +15,7 @@ torch.distributed the chunks are dealt out to the processes (see ``distributed``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -51,6 +51,7 @@ class Plan:
     data: Split
     terms: list[Term]
     queries: int
+    diagnostics: dict = field(default_factory=dict)  # what the method reports beside its scores (e.g. residuals)
 
 
 def evaluate(plans: Sequence[Plan], options: ProductOptions | None = None, chunk: int | None = None,

@@ -24,6 +24,7 @@ class Scores:
     settings: dict = field(default_factory=dict)
     stage: int | None = None
     notes: tuple[str, ...] = ()  # what was decided for the user (e.g. the curvature "auto" chose)
+    diagnostics: dict = field(default_factory=dict, repr=False)  # e.g. a refined solve's residual history
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -23,9 +23,10 @@ from .. import curvature as curv
 from .. import deprecation
 from ..errors import SettingError, check_choice
 from ..hardware import Precision
+from .refine import Refine
+from .trajectory import check_every
 
 Damping = Literal["implied", "heuristic"]
-InfluenceDamping = Literal["auto", "implied", "heuristic"]
 Form = Literal["exp", "power"]
 Gradients = Literal["auto", "hooks", "vmap"]
 
@@ -83,8 +84,7 @@ class Settings:
 
 
 def check_damping(damping, choices=Damping) -> None:
-    """Raise a clear error unless damping is a number >= 0 or one of ``choices`` ("implied", "heuristic"; influence
-    also takes "auto")."""
+    """Raise a clear error unless damping is a number >= 0 or one of ``choices`` ("implied", "heuristic")."""
     if isinstance(damping, str):
         check_choice("damping", damping, choices)
         return
@@ -124,30 +124,41 @@ class UnrolledSettings(Settings):
                                       "(False: torch.func's vjp everywhere, same numbers)",
                                 "the written-out step is the faster where it applies (BENCHMARKS.md)")
 
+    keep_every: int | str = setting("auto", "replayed states stored: 1 (every step's parameters), k (every k-th, "
+                                            "each stretch recomputed on the way back) or 'auto' (all while they "
+                                            "fit 2 GiB and a quarter of the free memory, else every "
+                                            "ceil(sqrt(2T)))",
+                                    "k > 1: about (2T/k + k) x P values instead of (T + 1) x P, one more forward "
+                                    "pass")
+
     renamed: ClassVar[dict[str, str]] = {"chunk": "query_chunk"}
 
     def __post_init__(self):
         _whole("query_chunk", self.query_chunk, 1)
+        check_every(self.keep_every)
         if self.dtype is not None and not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
             raise SettingError(f"dtype must be a floating torch dtype or None, got {self.dtype!r}")
 
 
 @dataclass(frozen=True)
 class InfluenceSettings(Settings):
-    damping: float | str = setting("auto", "a number >= 0, 'implied' (1 / sum_k eta_k/(1 - momentum), what "
-                                           "unrolling the whole run behaves like), 'heuristic' (0.1 x the mean "
-                                           "loss eigenvalue, per layer for Kronecker curvature) or 'auto' "
-                                           "('heuristic' with EK-FAC/K-FAC, 'implied' with an exact curvature: "
-                                           "the measured better of the two for each; the scores record which)")
+    damping: float | str = setting("implied", "a number >= 0, 'implied' (1 / sum_k eta_k/(1 - momentum), what "
+                                              "unrolling the whole run behaves like) or 'heuristic' (0.1 x the "
+                                              "mean loss eigenvalue, per layer for Kronecker curvature; better on "
+                                              "converged runs, worse on short ones: BENCHMARKS.md, issue 24)")
     curvature: Any = setting("auto", "'auto' (the exact Gauss-Newton 'ggn' while it fits, else 'ekfac'; the "
                                      "scores record which), a curvature backend name ('ggn', 'hessian', "
                                      "'hessian_clipped', 'ekfac', 'kfac') or tdakit.curvature.Kronecker(...)",
                              "one curvature fit at the final parameters")
     theta: torch.Tensor | None = setting(None, "the parameters [P] to take it at (default: the final ones)")
+    refine: Any = setting(0, "iterations refining a Kronecker curvature's answer toward the exact damped "
+                             "Gauss-Newton solve (0: none), or tdakit.attribution.Refine(...) for all its settings",
+                          "one minibatch Gauss-Newton product per iteration for all queries together")
 
     def __post_init__(self):
-        check_damping(self.damping, InfluenceDamping)
+        check_damping(self.damping)
         check_curvature(self.curvature)
+        Refine.of(self.refine)
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,13 @@ from .. import curvature as curv
 from ..datasets import Split
 from ..grads import measurement_grads
 from ..stages import StagedRun
-from .influence import auto_influence, check_damping, damped_inverse
+from .influence import check_damping, damped_inverse
 from .products import Plan, Term
-from .settings import InfluenceDamping
+from .refine import Refine, refined_solve
 from .source import segments_of, source_walk
 from .tracin import tracin_plan
-from .unroll import replay, unrolled_adjoint
+from .trajectory import Trajectory
+from .unroll import unrolled_adjoint
 
 
 def staged_source(staged: StagedRun, query: Split, segments: int | Sequence[int] = 3,
@@ -49,17 +50,18 @@ def staged_source(staged: StagedRun, query: Split, segments: int | Sequence[int]
 
 
 def staged_unrolled(staged: StagedRun, query: Split, dtype: torch.dtype | None = None, query_chunk: int = 128,
-                    written_out: bool = True, progress: bool = True) -> list[Tensor]:
+                    written_out: bool = True, keep_every: int | str = "auto", progress: bool = True) -> list[Tensor]:
     """Exact unrolling through every stage: [Q, N_s] for every stage s. The query gradients are taken at the
     replayed final parameters (in ``dtype``), so a pipeline of one stage is ``unrolled_scores``."""
     dtype = dtype or staged.final.dtype
     last = staged.runs[-1]
-    thetas = replay(last, dtype)
-    v = measurement_grads(staged.model, staged.task, thetas[-1], query.to(dtype))
+    thetas = Trajectory(last, dtype, keep_every)
+    v = measurement_grads(staged.model, staged.task, thetas.final, query.to(dtype))
     out: list[Tensor] = [None] * len(staged.runs)  # type: ignore[list-item]
     for s in reversed(range(len(staged.runs))):
         replayed = thetas if s == len(out) - 1 else None  # the last stage's trajectory is replayed already
-        out[s], v = unrolled_adjoint(staged.runs[s], v, dtype, query_chunk, progress, replayed, written_out)
+        out[s], v = unrolled_adjoint(staged.runs[s], v, dtype, query_chunk, progress, replayed, written_out,
+                                     keep_every)
     return out
 
 
@@ -68,14 +70,13 @@ def staged_tracin(staged: StagedRun, query: Split, progress: bool = True) -> lis
     return [tracin_plan(run, query, query_task=staged.task, progress=progress) for run in staged.runs]
 
 
-def staged_influence(staged: StagedRun, query: Split, damping: float | str = "auto",
-                     curvature: curv.CurvatureSpec = "ekfac", theta: Tensor | None = None,
+def staged_influence(staged: StagedRun, query: Split, damping: float | str = "implied",
+                     curvature: curv.CurvatureSpec = "ekfac", theta: Tensor | None = None, refine: int | Refine = 0,
                      progress: bool = True) -> list[Plan]:
     """A practitioner's influence function: final parameters (or ``theta``), curvature of the pooled data,
     N = all points; "implied" damping is 1 / (the summed effective rate of every stage). For a pipeline of one
     stage this is ``influence_plan``."""
-    check_damping(damping, InfluenceDamping)
-    curvature, damping = auto_influence(curvature, damping)
+    check_damping(damping)
     theta = staged.final if theta is None else theta
     runs = staged.runs
     pooled = Split(torch.cat([r.train.x.to(theta.dtype) for r in runs]),
@@ -86,6 +87,8 @@ def staged_influence(staged: StagedRun, query: Split, damping: float | str = "au
                  weights=weights, progress=progress)
     v = measurement_grads(staged.model, staged.task, theta, query.to(theta.dtype))
     total_rate = float(sum(r.effective_lrs.sum() for r in runs))
-    u = H.apply(damped_inverse(H, damping, last, total_rate=total_rate), v)
+    solve = refined_solve(H, damped_inverse(H, damping, last, total_rate=total_rate), v, staged.model, staged.task,
+                          theta, pooled, weights, Refine.of(refine))
     n = len(pooled)
-    return [Plan(r.model, r.task, r.train, [Term(theta, u, -1.0 / n)], len(query)) for r in runs]
+    diagnostics = {"residuals": solve.history} if solve.history else {}
+    return [Plan(r.model, r.task, r.train, [Term(theta, solve.x, -1.0 / n)], len(query), diagnostics) for r in runs]

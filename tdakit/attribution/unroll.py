@@ -9,8 +9,9 @@ Linear layers and elementwise activations the same two products are written out 
 accumulated straight into the adjoints, which is faster on a CPU (BENCHMARKS.md). The adjoints
 are kept per parameter tensor ([Q, *shape]) and updated in place, so a step moves each [Q, P] adjoint
 through memory a handful of times and never gathers a flat [Q, P] gradient.
-Memory: the trajectory (T + 1) x P values plus about five [Q, P] adjoint-sized tensors per query chunk,
-so this is for small models and short runs.
+Memory: the trajectory, (T + 1) x P values stored whole or about (2T/k + k) x P checkpointed every k steps
+(``trajectory.py``: each stretch recomputed once on the way back), plus about five [Q, P] adjoint-sized tensors
+per query chunk.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..datasets import Split
 from ..grads import measurement_grads, vmap_or_loop
 from ..sgd import Step, batch_coefficients
 from ..training import Run, steps
+from .trajectory import Trajectory
 from .unroll_stack import StackStep
 
 
@@ -39,31 +41,33 @@ def replay(run: Run, dtype: torch.dtype | None = None, weights: Tensor | None = 
 
 
 def unrolled_scores(run: Run, query: Split, dtype: torch.dtype | None = None, query_chunk: int = 128,
-                    progress: bool = True, written_out: bool = True) -> Tensor:
+                    progress: bool = True, written_out: bool = True, keep_every: int | str = "auto") -> Tensor:
     """score[q, i] = d f_q(theta_T(w)) / d w_i at w = run.weights, exactly, for this batch order.
 
     Returns [Q, N] in units of the measurement. Removing S is predicted as -sum_{i in S} score[:, i].
     written_out=False differentiates every step with torch.func even for a Linear/activation stack
-    (same numbers, slower; for checks).
+    (same numbers, slower; for checks). keep_every: how much of the replayed trajectory is stored
+    (``trajectory.Trajectory``: 1 all of it, k every k-th state, recomputing the rest on the way back).
     """
     dtype = dtype or run.final.dtype
-    thetas = replay(run, dtype)
-    v_final = measurement_grads(run.model, run.task, thetas[-1], query.to(dtype))  # [Q, P]
+    thetas = Trajectory(run, dtype, keep_every)
+    v_final = measurement_grads(run.model, run.task, thetas.final, query.to(dtype))  # [Q, P]
     return unrolled_adjoint(run, v_final, dtype, query_chunk, progress, thetas, written_out)[0]
 
 
 def unrolled_adjoint(run: Run, v_final: Tensor, dtype: torch.dtype | None = None, query_chunk: int = 128,
-                     progress: bool = True, thetas: Tensor | None = None,
-                     written_out: bool = True) -> tuple[Tensor, Tensor]:
+                     progress: bool = True, thetas: Trajectory | Tensor | None = None,
+                     written_out: bool = True, keep_every: int | str = "auto") -> tuple[Tensor, Tensor]:
     """The reverse pass for adjoints v_final [Q, P] of the final parameters: (d(v . theta_T)/d w_i
     [Q, N], the adjoint of the initial parameters [Q, P]) -- the latter carries a multi-stage pipeline's
     derivative back into the previous stage. A stack of Linear layers and elementwise activations takes
-    the written-out step (``unroll_stack.StackStep``) unless written_out=False."""
+    the written-out step (``unroll_stack.StackStep``) unless written_out=False. thetas: the replayed
+    trajectory (a ``Trajectory`` or every state [T + 1, P]); default: replayed here with ``keep_every``."""
     dtype = dtype or run.final.dtype
     data = run.train.to(dtype)
     w = run.weights.to(dtype)
     model, task, recipe = run.model, run.task, run.recipe
-    thetas = replay(run, dtype) if thetas is None else thetas
+    thetas = Trajectory(run, dtype, keep_every) if thetas is None else thetas
     v_final = v_final.to(dtype)
 
     def batch_loss(params, cb, xb, yb, state):

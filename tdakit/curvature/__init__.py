@@ -8,7 +8,6 @@ A new backend registers itself with ``@register("name")`` (docs/curvature.md).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,38 +33,26 @@ class Kronecker:
     fisher: "ggn" (exact expectation over the model's outputs), "true" (sampled targets, seeded) or
     "empirical" (observed targets). exclude: names of layers to leave out (e.g. a LayerNorm).
     include_weight_decay: add the recipe's weight decay to the curvature (the Hessian of the objective
-    training minimised); False fits the loss alone. ``fisher`` and ``include_weight_decay`` left at None take the
-    method's defaults: "true" and False for influence functions (kronfluence's choices, measured best with the
-    heuristic damping: BENCHMARKS.md, issue 24), "ggn" and True everywhere else (SOURCE's segments follow the
-    objective that was trained, weight decay included).
+    training minimised). False reproduces tools that fit the loss alone (kronfluence).
     """
 
     eigen_correction: bool = True
-    fisher: str | None = None
+    fisher: str = "ggn"
     exclude: tuple[str, ...] = ()
     chunk: int | None = None  # examples per factor pass (None: sized to the device's memory)
     seed: int = 0
-    include_weight_decay: bool | None = None
+    include_weight_decay: bool = True
 
     def __post_init__(self):
-        if self.fisher is not None:
-            check_choice("fisher", self.fisher, Fisher)
+        check_choice("fisher", self.fisher, Fisher)
         if isinstance(self.exclude, str | list):  # one name, or a list: kept as a tuple (hashable settings)
             names = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
             object.__setattr__(self, "exclude", names)
 
-    def with_defaults(self, fisher: str = "ggn", include_weight_decay: bool = True) -> Kronecker:
-        """A copy with the options left at None set to these (a method's defaults)."""
-        return dataclasses.replace(
-            self, fisher=self.fisher if self.fisher is not None else fisher,
-            include_weight_decay=self.include_weight_decay if self.include_weight_decay is not None
-            else include_weight_decay)
-
     def fit(self, model: FlatModel, task: Task, thetas: Tensor, data: Split, weight_decay: float,
             weights: Tensor | None = None, progress: bool = False) -> KroneckerCurvature:
-        full = self.with_defaults()
-        return kronecker_curvature(model, task, thetas, data, weight_decay if full.include_weight_decay else 0.0,
-                                   full.eigen_correction, full.fisher, tuple(full.exclude), full.chunk, full.seed,
+        return kronecker_curvature(model, task, thetas, data, weight_decay if self.include_weight_decay else 0.0,
+                                   self.eigen_correction, self.fisher, tuple(self.exclude), self.chunk, self.seed,
                                    progress=progress, weights=weights)
 
 
