@@ -22,9 +22,10 @@ def classifier():
     return run, data.subset(slice(0, 5))
 
 
-def exact_solve(run, H, fn, v):
-    """(G + D)^{-1} v on the parameters the curvature covers, G the dense Gauss-Newton from output Jacobians."""
-    A = output_jacobians(run.model, run.task, run.final, run.train)  # [n, o, P]
+def exact_solve(run, H, fn, v, theta=None):
+    """(G + D)^{-1} v on the parameters the curvature covers, G the dense Gauss-Newton from output Jacobians at
+    theta (default: the final parameters)."""
+    A = output_jacobians(run.model, run.task, run.final if theta is None else theta, run.train)  # [n, o, P]
     G = torch.einsum("nop,noq->pq", A, A) / run.num_train
     D, kept = damping_vector(H, fn, v.shape[-1], v.dtype, v.device)
     out = torch.zeros_like(v)
@@ -46,7 +47,7 @@ def test_the_refined_solve_reaches_the_exact_damped_gauss_newton_solve(classifie
                          Refine(iterations=iterations, batch=run.num_train, halve_every=10 ** 6))
     assert float((full.x - exact).norm() / exact.norm()) < tolerance
     assert full.history[-1] < full.history[0] / 100
-    noisy = refined_solve(H, fn, v, run.model, run.task, run.final, run.train, None, Refine(iterations=100, batch=32))
+    noisy = refined_solve(H, fn, v, run.model, run.task, run.final, run.train, None, Refine(iterations=200, batch=64))
     assert float((noisy.x - exact).norm() / exact.norm()) < start / 2  # minibatches: closer, not exact
 
 
@@ -71,3 +72,25 @@ def test_refine_settings_are_checked(classifier):
             tdakit.attribute(run, query, "influence", curvature="ekfac", refine=bad, progress=False)
     with pytest.raises(tdakit.TdakitError, match="Kronecker curvature"):
         tdakit.attribute(run, query, "influence", curvature="ggn", refine=5, progress=False)
+
+
+def test_source_refines_each_segment_toward_the_exact_solve_with_damping_one_over_eta_k(classifier):
+    from tdakit.attribution.source import segments_of, source_walk
+
+    run, query = classifier
+    plain = tdakit.attribute(run, query, "source", segments=2, curvature="ekfac", progress=False)
+    assert torch.equal(plain.values, tdakit.attribute(run, query, "source", segments=2, curvature="ekfac", refine=0,
+                                                      progress=False).values)
+    refined = tdakit.attribute(run, query, "source", segments=2, curvature="ekfac", refine=5, progress=False)
+    assert len(refined.diagnostics["residuals"]) == 2 and not torch.equal(refined.values, plain.values)
+    # one segment of Fast-SOURCE: u = (G(theta_bar) + weight decay + 1/(eta K))^{-1} v, refined from EK-FAC's Fbar v
+    v = measurement_grads(run.model, run.task, run.final, query)
+    plan, _ = source_walk(run, v, segments=1, curvature="ekfac", fast=True, progress=False,
+                          refine=Refine(iterations=400, batch=run.num_train, halve_every=10 ** 6))
+    segment = segments_of(run, 1)[0]
+    theta_bar = run.checkpoints[list(segment.checkpoints)].mean(0)
+    eta = float(run.effective_lrs[segment.start:segment.stop].mean())
+    H = curv.fit("ekfac", run.model, run.task, theta_bar[None], run.train, run.recipe.weight_decay)
+    exact = exact_solve(run, H, curv.functions.inverse(1.0 / (eta * segment.steps)), v, theta_bar)
+    got = plan.terms[0].u
+    assert float((got - exact).norm() / exact.norm()) < 1e-4

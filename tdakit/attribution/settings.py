@@ -170,6 +170,9 @@ class SourceSettings(Settings):
                              "fitted at every checkpoint of a segment (Fast-SOURCE: at their mean)")
     form: str = setting("exp", "'exp': exp(-eta K H) (the paper's); 'power': (I - eta H)^K, exact unrolling for "
                                "full-batch gradient descent without momentum")
+    refine: Any = setting(0, "iterations refining each segment's Kronecker answer toward the exact solve with "
+                             "damping 1/(eta_l K_l) (0: none), or tdakit.attribution.Refine(...)",
+                          "per iteration one minibatch Gauss-Newton product per checkpoint of the segment")
 
     def __post_init__(self):
         if isinstance(self.segments, list):
@@ -179,6 +182,7 @@ class SourceSettings(Settings):
                                f"got {self.segments!r}")
         check_curvature(self.curvature)
         check_choice("form", self.form, Form)
+        Refine.of(self.refine)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from ..errors import ResultError, SettingError
 from ..grads import measurement_grads
 from ..training import Run
 from .products import Plan, Term, evaluate
+from .refine import Refine, refined_solve
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ def segment_step(H: curv.Curvature, eta: float, steps: float, v: Tensor, form: s
 def source_walk(run: Run, v: Tensor, segments: int | Sequence[int] = 3, curvature: curv.CurvatureSpec = "ggn",
                 form: str = "exp", fast: bool = False, propagate: bool = False, progress: bool = True,
                 queries: int | None = None, horizon: float = 1.0,
-                fit: Callable[[Segment, Tensor], curv.Curvature] | None = None) -> tuple[Plan, Tensor | None]:
+                fit: Callable[[Segment, Tensor], curv.Curvature] | None = None,
+                refine: int | Refine = 0) -> tuple[Plan, Tensor | None]:
     """The query-side walk over one run's segments, last to first (docs/maths.md, section 4; the paper's
     query-side computation of its equation for SOURCE).
 
@@ -126,7 +128,12 @@ def source_walk(run: Run, v: Tensor, segments: int | Sequence[int] = 3, curvatur
     Sbar_1 ... Sbar_L v [Q, P], the query carried back to the run's initialisation, when ``propagate`` else
     None). horizon: every segment's eta K multiplied by it (1: the run as trained; the IF-to-SOURCE explorer
     moves it). fit(segment, thetas [C, P]) -> curvature replaces ``curv.fit(curvature, ...)`` (a caller that
-    keeps its fits)."""
+    keeps its fits). refine: iterations (or ``Refine``) that refine each segment's u_l toward the exact solve
+    (G_l + 1/(eta_l K_l))^{-1} v, G_l the Gauss-Newton averaged over the segment's checkpoints, starting from the
+    Kronecker answer (``refine.py``); the propagation keeps the curvature's Sbar. The plan's diagnostics hold
+    each segment's residuals, last segment first."""
+    refine = Refine.of(refine)
+    histories: list[list[float]] = []
     parts = segments_of(run, segments)
     data = run.train
     rates = run.effective_lrs
@@ -141,19 +148,27 @@ def source_walk(run: Run, v: Tensor, segments: int | Sequence[int] = 3, curvatur
             curvature, run.model, run.task, thetas, data, run.recipe.weight_decay, weights=run.weights,
             progress=progress)
         check_curvature(H, form, index)
+        carried = v
         u, v = segment_step(H, eta, horizon * seg.steps, v, form, carry=propagate or index > 0)
+        if refine.iterations:
+            solve = refined_solve(H, curv.functions.inverse(1.0 / (eta * horizon * seg.steps)), carried, run.model,
+                                  run.task, thetas, data, run.weights, refine, start=u)
+            u = solve.x
+            histories.append(solve.history)
         scale = -1.0 / (run.num_train * len(thetas))
         terms += [Term(theta, u, scale, index, c) for theta, c in zip(thetas, which, strict=True)]  # u . gbar_l(i)
-    return Plan(run.model, run.task, data, terms, len(v) if queries is None else queries), (v if propagate else None)
+    plan = Plan(run.model, run.task, data, terms, len(v) if queries is None else queries,
+                {"residuals": histories} if histories else {})
+    return plan, (v if propagate else None)
 
 
 def source_plan(run: Run, query: Split, segments: int | Sequence[int] = 3, curvature: curv.CurvatureSpec = "ggn",
-                form: str = "exp", fast: bool = False, progress: bool = True) -> Plan:
+                form: str = "exp", fast: bool = False, refine: int | Refine = 0, progress: bool = True) -> Plan:
     """SOURCE's gradient-product terms from the run's checkpoints (see the module docstring)."""
     segments_of(run, segments)  # a bad spec fails before any gradient is computed
     dtype = run.final.dtype
     v = measurement_grads(run.model, run.task, run.final, query.to(dtype))
-    return source_walk(run, v, segments, curvature, form, fast, progress=progress)[0]
+    return source_walk(run, v, segments, curvature, form, fast, progress=progress, refine=refine)[0]
 
 
 def segment_scores(run: Run, query: Split, segments: int | Sequence[int] = 3, curvature: curv.CurvatureSpec = "ggn",

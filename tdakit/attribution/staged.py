@@ -36,7 +36,7 @@ from .unroll import unrolled_adjoint
 
 def staged_source(staged: StagedRun, query: Split, segments: int | Sequence[int] = 3,
                   curvature: curv.CurvatureSpec = "ekfac", form: str = "exp", fast: bool = False,
-                  progress: bool = True) -> list[Plan]:
+                  refine: int | Refine = 0, progress: bool = True) -> list[Plan]:
     """SOURCE over all stages, last to first: one plan per stage."""
     for run in staged.runs:
         segments_of(run, segments)
@@ -45,7 +45,7 @@ def staged_source(staged: StagedRun, query: Split, segments: int | Sequence[int]
     plans: list[Plan] = [None] * len(staged.runs)  # type: ignore[list-item]
     for s in reversed(range(len(staged.runs))):
         plans[s], v = source_walk(staged.runs[s], v, segments, curvature, form, fast, propagate=s > 0,
-                                  progress=progress, queries=len(query))
+                                  progress=progress, queries=len(query), refine=refine)
     return plans
 
 
