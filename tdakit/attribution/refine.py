@@ -13,7 +13,9 @@ system (M + D)^{-1} (G + D), estimated before the first iteration by power itera
 a fraction of the stable one (heavy ball with momentum beta is stable below step = 2 (1 + beta)), whatever the
 curvature's scale and however far EK-FAC is from G (on Concrete its answer leaves a residual 13 times |v|, and a
 fixed, unscaled step of 0.1 diverged there). Defaults: step 1, momentum 0.9, halved every 50 of 200 iterations,
-minibatches of 256. All queries move together: one batched
+minibatches of 256. A minibatch can curve more than the probe's: when the residual passes 3 times the best so far,
+the iteration goes back to the best iterate, drops its momentum and halves the step for good; the solve returns
+the last iterate, or the best one if the last is worse. All queries move together: one batched
 Gauss-Newton-vector product per iteration. Iteration 0 is x_0 exactly, so
 ``iterations=0`` gives the Kronecker result bit for bit; the minibatches come from a seeded generator, so the solve
 is deterministic. Parameters a Kronecker curvature leaves out (excluded layers, BatchNorm) keep 0, as there.
@@ -34,6 +36,8 @@ from ..grads import output_derivatives
 from ..models import FlatModel
 from ..recipe import seed_of
 from ..task import Task
+
+DIVERGING = 3.0  # a residual this many times the best so far means the step is too long: halve it and go back
 
 
 @dataclass(frozen=True)
@@ -169,15 +173,23 @@ def refined_solve(H: curv.Curvature, fn, v: Tensor, model: FlatModel, task: Task
         largest = largest_eigenvalue(lambda z: H.apply(fn, system(z, probe_batch)) * keep, start_vector,
                                      settings.power_iterations)
     momentum = torch.zeros_like(x)
-    history = []
+    history: list[float] = []
+    best, best_x, shrink = float("inf"), x, 1.0
     for t in range(settings.iterations):
         idx = torch.randperm(n, generator=generator)[:batch].to(v.device)
         residual = system(x, idx) - target
-        history.append(float((residual.norm(dim=-1) / scale).mean()))
-        step = settings.step * 0.5 ** (t // settings.halve_every) / largest
+        relative = float((residual.norm(dim=-1) / scale).mean())
+        history.append(relative)
+        if relative <= best:
+            best, best_x = relative, x
+        elif relative > DIVERGING * best:  # a minibatch curving more than the probe: back off, from the best so far
+            x, shrink = best_x, shrink / 2
+            momentum.zero_()
+            continue
+        step = shrink * settings.step * 0.5 ** (t // settings.halve_every) / largest
         momentum.mul_(settings.momentum).sub_(H.apply(fn, residual), alpha=step)
         x = x + momentum
-    return Solve(x, history, largest)
+    return Solve(best_x if history[-1] > best else x, history, largest)
 
 
 __all__ = ["Refine", "Solve", "refined_solve", "damping_vector", "gauss_newton_products"]
