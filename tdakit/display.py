@@ -7,7 +7,10 @@ then at most one table.
 
 from __future__ import annotations
 
+import base64
 import html
+import io
+import math
 from collections.abc import Sequence
 
 from torch import Tensor
@@ -44,3 +47,30 @@ def html_block(title: str, facts: dict[str, object], header: Sequence[str] = (),
     if note:
         parts.append(f"<div style='font-size:90%'>{html.escape(note)}</div>")
     return "".join(parts) + "</div>"
+
+
+def as_image(x: Tensor) -> Tensor | None:
+    """One input as an image [H, W] or [H, W, 3] for display, or None when it is not one: [C, H, W] with C 1 or 3,
+    [H, W], or a flat vector of at least 64 values with a whole square root (MNIST's 784)."""
+    x = x.detach().float().cpu()
+    if x.dim() == 3 and x.shape[0] in (1, 3) and min(x.shape[1:]) >= 4:
+        x = x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)
+    elif x.dim() == 1 and x.numel() >= 64 and math.isqrt(x.numel()) ** 2 == x.numel():
+        side = math.isqrt(x.numel())
+        x = x.reshape(side, side)
+    elif not (x.dim() == 2 and min(x.shape) >= 4):
+        return None
+    low, high = float(x.min()), float(x.max())
+    return (x - low) / (high - low if high > low else 1.0)
+
+
+def thumbnail(image: Tensor, caption: str, pixels: int = 40) -> str:
+    """An image [H, W] or [H, W, 3] in [0, 1] as an inline PNG with a caption (HTML)."""
+    import matplotlib.image
+
+    buffer = io.BytesIO()
+    matplotlib.image.imsave(buffer, image.numpy(), cmap="gray", format="png")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return (f"<figure style='display:inline-block;margin:2px;text-align:center'><img src='data:image/png;base64,"
+            f"{data}' width='{pixels}' height='{pixels}' style='image-rendering:pixelated'/>"
+            f"<figcaption style='font-size:75%'>{html.escape(caption)}</figcaption></figure>")

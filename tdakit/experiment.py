@@ -252,6 +252,12 @@ def _scores_key(run: Run | StagedRun | Sequence[Run], query: Split, stage: int |
                         method.method, sorted(method.settings.items(), key=lambda kv: kv[0]))
 
 
+def _training_inputs(run: Run | StagedRun | Sequence[Run], stage: int | None) -> Tensor:
+    """The training inputs whose scores a table holds (a pipeline's ``stage``, an ensemble's shared data)."""
+    one = run[0] if isinstance(run, Sequence) else run
+    return one.stages[stage if stage is not None else 0].train.x
+
+
 def compute_scores(run: Run | StagedRun | Sequence[Run], query: Split, methods: Mapping[str, Method],
                    stage: int | None = None, progress: bool = True, cache: store.CacheSpec = True,
                    given: Mapping[str, Scores] | None = None) -> tuple[dict[str, Scores], dict[str, bool]]:
@@ -264,7 +270,8 @@ def compute_scores(run: Run | StagedRun | Sequence[Run], query: Split, methods: 
             continue
         hit = store.load(cache, "scores", _scores_key(run, query, stage, m))
         if hit is not None:
-            found[label] = Scores(hit["values"], m.method, float(hit["seconds"]), m.settings)
+            found[label] = Scores(hit["values"], m.method, float(hit["seconds"]), m.settings,
+                                  inputs=_training_inputs(run, stage))
     todo = {label: m for label, m in methods.items() if label not in found and label not in given}
     if isinstance(run, Sequence):  # an ensemble: every method averaged over the members
         fresh = {label: ensemble(list(run), query, m.method, progress=progress, **m.settings)

@@ -311,6 +311,19 @@ def test_short_reprs_and_html_for_results(runs):
     assert repr(table) == table.text() and "<table>" in table._repr_html_() and "TracIn" in table._repr_html_()
 
 
+def test_scores_html_shows_the_top_training_images_as_thumbnails(runs):
+    images = tdakit.datasets.load("mnist5k").train.subset(slice(0, 40))  # flat [40, 784]: 28 x 28 images
+    run = tdakit.train(tdakit.mlp(784, (8,), 10), images, tdakit.Recipe(lr=0.05, epochs=1, batch_size=20),
+                       tdakit.Classification(), progress=False, cache=False)
+    scores = tdakit.attribute(run, images.subset(slice(0, 2)), "grad_dot", progress=False)
+    page = scores._repr_html_()
+    assert page.count("data:image/png;base64,") == 2 * 6  # two queries, three up and three down each
+    best, _ = scores.top(0)
+    assert f"#{best[0][0]} " in page
+    r, q = runs["reg"], runs["reg_data"].subset(slice(0, 3))
+    assert "<img" not in tdakit.attribute(r, q, "grad_dot", progress=False)._repr_html_()  # a table, no images
+
+
 def test_lds_and_reliability_warn_when_too_small(runs):
     r, q = runs["reg"], runs["reg_data"].subset(slice(0, 3))
     truth = tdakit.groundtruth(r, q, subsets=4, seeds=2, progress=False, cache=False)

@@ -28,5 +28,5 @@ def ensemble(runs: Sequence[Run] | Sequence[StagedRun], query: Split, method: st
         total = values if total is None else [a + b for a, b in zip(total, values, strict=True)]
     seconds = time.perf_counter() - start
     label, used = f"{method} ensemble", {**settings, "members": len(runs)}
-    return runs[0].per_stage([Scores(t / len(runs), label, seconds, used, stage_of(runs[0], s))
-                              for s, t in enumerate(total)])
+    return runs[0].per_stage([Scores(t / len(runs), label, seconds, used, stage_of(runs[0], s),
+                                     inputs=runs[0].stages[s].train.x) for s, t in enumerate(total)])

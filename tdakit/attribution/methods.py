@@ -220,7 +220,7 @@ def scores_per_stage(run: Run | StagedRun, query: Split, method: str, progress: 
     recorded = {**checked.changed(), **options.recorded()}
     return [Scores(ensure_finite((next(values) if isinstance(p, Plan) else p).to(run.final.dtype), method),
                    method, seconds, recorded, stage_of(run, s), checked.notes(),
-                   p.diagnostics if isinstance(p, Plan) else {}) for s, p in enumerate(parts)]
+                   p.diagnostics if isinstance(p, Plan) else {}, run.stages[s].train.x) for s, p in enumerate(parts)]
 
 
 def stage_of(run: Run | StagedRun, s: int) -> int | None:
@@ -267,7 +267,7 @@ def attribute_many(run: Run | StagedRun, query: Split, configs: Mapping[str, tup
         recorded = {**checked.changed(), **options[label].recorded()}
         scores = [Scores(ensure_finite(values.get((label, s), part).to(run.final.dtype), spec.name), spec.name,
                          seconds[label] + extra[label], recorded, stage_of(run, s), checked.notes(),
-                         part.diagnostics if isinstance(part, Plan) else {})
+                         part.diagnostics if isinstance(part, Plan) else {}, run.stages[s].train.x)
                   for s, part in enumerate(parts[label])]
         result[label] = run.per_stage(scores)
     return result

@@ -25,6 +25,7 @@ class Scores:
     stage: int | None = None
     notes: tuple[str, ...] = ()  # what was decided for the user (e.g. the curvature "auto" chose)
     diagnostics: dict = field(default_factory=dict, repr=False)  # e.g. a refined solve's residual history
+    inputs: Tensor | None = field(default=None, repr=False, compare=False)  # the training inputs, for thumbnails
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -65,10 +66,24 @@ class Scores:
             up, down = self.top(q)
             rows.append((q, ", ".join(f"#{i} ({v:+.3g})" for i, v in up),
                          ", ".join(f"#{i} ({v:+.3g})" for i, v in down)))
-        return display.html_block(f"Scores: {self.method}", self._facts(),
-                                  ("query", "raise f_q most: training point (score)", "lower f_q most"), rows,
-                                  "Whether raising f_q helps depends on the measurement: a margin (higher is "
-                                  "better) or an error or loss (lower is better).")
+        block = display.html_block(f"Scores: {self.method}", self._facts(),
+                                   ("query", "raise f_q most: training point (score)", "lower f_q most"), rows,
+                                   "Whether raising f_q helps depends on the measurement: a margin (higher is "
+                                   "better) or an error or loss (lower is better).")
+        return block + self._thumbnails(queries)
+
+    def _thumbnails(self, queries: int, k: int = 3) -> str:
+        """For image inputs: the training images that raise and lower each of the first queries' measurement most,
+        as small pictures ('' for other inputs, or when the scores do not know their training inputs)."""
+        if self.inputs is None or len(self.inputs) != self.shape[1] or display.as_image(self.inputs[0]) is None:
+            return ""
+        lines = []
+        for q in range(min(queries, self.shape[0])):
+            up, down = self.top(q, k)
+            pictures = [display.thumbnail(display.as_image(self.inputs[i]), f"#{i} {v:+.2g}") for i, v in up + down]
+            lines.append(f"<div>query {q}: raise most {''.join(pictures[:len(up)])} &nbsp; lower most "
+                         f"{''.join(pictures[len(up):])}</div>")
+        return "<div class='tdakit-thumbnails'>" + "".join(lines) + "</div>"
 
 
 def _short(value) -> str:
