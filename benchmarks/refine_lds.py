@@ -12,6 +12,7 @@ relative residual |r_t| / |v| at a few iterations; writes benchmarks/results/ref
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -33,10 +34,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=float, nargs="+", default=[1.0, 0.3])
     parser.add_argument("--dampings", nargs="+", default=["implied", "heuristic"])
+    parser.add_argument("--queries", type=int, default=None, help="the first Q queries only (default: all)")
     args = parser.parse_args()
     torch.manual_seed(0)
     run, query, subsets, seeds, description = setting_run(args.setting)
     truth = tdakit.groundtruth(run, query, subsets=subsets, fraction=0.5, seeds=seeds, progress=False)
+    if args.queries is not None:  # the same ground truth, its first Q queries
+        truth = dataclasses.replace(truth, values=truth.values[:, :, :args.queries])
+        query = query.subset(slice(0, args.queries))
     print(f"{args.setting}: {description}; M = {subsets}, R = {seeds}; {args.iterations} iterations, batch "
           f"{args.batch}")
     print("| damping | step | LDS EK-FAC | LDS refined | refined - EK-FAC | seconds EK-FAC | seconds refined | "
