@@ -94,3 +94,29 @@ def test_source_refines_each_segment_toward_the_exact_solve_with_damping_one_ove
     exact = exact_solve(run, H, curv.functions.inverse(1.0 / (eta * segment.steps)), v, theta_bar)
     got = plan.terms[0].u
     assert float((got - exact).norm() / exact.norm()) < 1e-4
+
+
+def test_gauss_newton_products_and_the_refined_solve_through_convolutions_and_pooling():
+    from torch import nn
+
+    from tdakit.attribution.refine import gauss_newton_products
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = (x.mean((1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 0).long()
+    data = tdakit.Split(x, y)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(27, 3))
+    recipe = tdakit.Recipe(lr=0.05, epochs=5, batch_size=10, momentum=0.9, weight_decay=1e-3)
+    run = tdakit.train(net, data, recipe, tdakit.Classification(), dtype=torch.float64, progress=False, cache=False)
+    v = measurement_grads(run.model, run.task, run.final, data.subset(slice(0, 3)))
+    A = output_jacobians(run.model, run.task, run.final, run.train)
+    G = torch.einsum("nop,noq->pq", A, A) / len(data)
+    weights = torch.full((60,), 1 / 60, dtype=torch.float64)
+    products = gauss_newton_products(run.model, run.task, run.final, data.x, data.y, weights, v)
+    assert torch.allclose(products, v @ G, rtol=1e-10, atol=1e-14)
+    H = curv.fit("ekfac", run.model, run.task, run.final[None], run.train, run.recipe.weight_decay)
+    fn = damped_inverse(H, "implied", run)
+    exact = exact_solve(run, H, fn, v)
+    solve = refined_solve(H, fn, v, run.model, run.task, run.final, run.train, None,
+                          Refine(iterations=500, batch=60, halve_every=10 ** 6))
+    assert float((solve.x - exact).norm() / exact.norm()) < 1e-8
