@@ -41,6 +41,7 @@ def run_of(setting: str, epochs: int | None):
 def child(setting: str, epochs: int | None, every: int, queries: int) -> None:
     """One measurement, printed as JSON on stdout."""
     import tdakit
+    from tdakit.attribution.trajectory import stored_values
 
     run, data = run_of(setting, epochs)
     query = data.query.subset(slice(0, queries))
@@ -50,10 +51,10 @@ def child(setting: str, epochs: int | None, every: int, queries: int) -> None:
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     T, P = run.num_steps, run.model.num_params
-    stored_values = (T + 1) * P if every == 1 else 2 * -(-T // every) * P + min(every, T) * P
+    stored = stored_values(T, P, every)
     print(json.dumps({"setting": setting, "steps": T, "params": P, "every": every, "queries": queries,
                       "seconds": seconds, "peak_gib": peak / 2 ** 20, "before_gib": base / 2 ** 20,
-                      "trajectory_gib": stored_values * run.final.element_size() / 2 ** 30,
+                      "trajectory_gib": stored * run.final.element_size() / 2 ** 30,
                       "checksum": float(scores.double().abs().sum())}))
 
 

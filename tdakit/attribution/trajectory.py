@@ -90,8 +90,13 @@ class Trajectory:
 
     @property
     def stored_values(self) -> int:
-        """Values held at most at once: the checkpoints (parameters and buffer) plus one stretch."""
-        params = self.final.numel()
-        if self.every == 1:
-            return (self.num_steps + 1) * params
-        return 2 * len(self._saved) * params + min(self.every, self.num_steps) * params
+        """Values held at most at once (``stored_values``)."""
+        return stored_values(self.num_steps, self.final.numel(), self.every)
+
+
+def stored_values(steps: int, params: int, every: int) -> int:
+    """Values a trajectory of ``steps`` updates of ``params`` parameters holds at most at once: all T + 1 states for
+    every = 1, else the checkpoints (parameters and buffer, at steps 0, k, 2k, ...) plus one stretch."""
+    if every == 1:
+        return (steps + 1) * params
+    return 2 * -(-steps // every) * params + min(every, steps) * params
