@@ -30,7 +30,7 @@ from .models import FlatModel
 from .presets import preset
 from .recipe import Checkpoints, Recipe
 from .stages import Stage, StagedRun, train_stages, train_stages_ensemble
-from .task import Classification, Regression, Task
+from .task import Classification, LanguageModeling, Regression, Task
 from .training import Run, train, train_ensemble
 from .zoo import mlp
 
@@ -40,7 +40,7 @@ __all__ = [
     # data
     "Split",
     # what to attribute
-    "Task", "Regression", "Classification", "FlatModel", "mlp",
+    "Task", "Regression", "Classification", "LanguageModeling", "FlatModel", "mlp",
     # training that records its trajectory
     "Recipe", "Checkpoints", "Run", "train", "train_ensemble",
     "Stage", "StagedRun", "train_stages", "train_stages_ensemble",

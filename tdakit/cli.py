@@ -34,9 +34,17 @@ def main(argv: list[str] | None = None) -> int:
                                          "cifar-10-batches-py to unpack")
     cifar.add_argument("--download", action="store_true", help="download the official archive (needs a network)")
     cifar.add_argument("--root", default=None, help="data folder (default: $TDAKIT_DATA or ~/.cache/tdakit/data)")
+    for name, folder in (("sst2", "SST-2 (GLUE's train.tsv and dev.tsv)"),
+                         ("wikitext2", "WikiText-2 (raw tokens: valid.txt and test.txt)")):
+        text = sub.add_parser(name, help=f"put {folder} where the text presets look for it (see docs/data.md)")
+        text.add_argument("--archive", help="a tar archive holding a folder with those files, to unpack")
+        text.add_argument("--download", action="store_true", help="download the official archive (needs a network)")
+        text.add_argument("--root", default=None, help="data folder (default: $TDAKIT_DATA or ~/.cache/tdakit/data)")
     args = parser.parse_args(argv)
     if args.command == "cifar10":
         return _cifar10(args)
+    if args.command in ("sst2", "wikitext2"):
+        return _text(args)
     try:
         run_demo(out=args.out, model=args.model, subsets=args.subsets, seeds=args.seeds, epochs=args.epochs,
                  queries=args.queries, train_points=args.train, cache=not args.no_cache, progress=not args.quiet,
@@ -69,6 +77,20 @@ def _cifar10(args) -> int:
         print(f"tdakit: {as_flags(str(err))}", file=sys.stderr)
         return 2
     print(f"CIFAR-10 is in {folder}")
+    return 0
+
+
+def _text(args) -> int:
+    from .datasets import text
+
+    name = {"sst2": text.SST2_FOLDER, "wikitext2": text.WIKITEXT_FOLDER}[args.command]
+    try:
+        folder = (text.install(args.archive, args.root, name) if args.archive
+                  else text.find(args.root, name, download=args.download))
+    except (OSError, TdakitError) as err:
+        print(f"tdakit: {as_flags(str(err))}", file=sys.stderr)
+        return 2
+    print(f"{args.command} is in {folder}")
     return 0
 
 

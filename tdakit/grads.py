@@ -10,6 +10,7 @@ from torch.func import grad, jacrev, vmap
 from torch.utils._pytree import tree_leaves, tree_map
 
 from .datasets import Split
+from .errors import ModelError
 from .hardware import element_budget
 from .models import FlatModel
 from .task import Task
@@ -53,11 +54,23 @@ def measurements(model: FlatModel, task: Task, theta: Tensor, query: Split) -> T
     return task.measurement(model(theta, query.x), query.y)
 
 
+def check_output_curvature(outputs: Tensor, what: str) -> None:
+    """Raise a clear error when each example has a sequence of outputs [n, L, V] (a language model): the exact
+    Gauss-Newton needs the loss Hessian over all L x V outputs of an example, one backward pass per output."""
+    if outputs.dim() > 2:
+        raise ModelError(
+            f"{what} needs the loss curvature over every output of an example, and this model gives "
+            f"{tuple(outputs.shape[1:])} per example (a sequence): {outputs.shape[1:].numel()} backward passes "
+            "each. Sample it instead: curvature=tdakit.curvature.Kronecker(fisher='true', ...) (one sampled "
+            "next token per position, as kronfluence does for language models)")
+
+
 def output_derivatives(task: Task, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """The per-example loss's gradient [B, o] and Hessian [B, o, o] with respect to the outputs [B, o].
 
     The loss is a sum of per-example terms, so differentiating the batch sum gives every example's own
     derivatives; the o rows of the Hessians come from one batched backward pass."""
+    check_output_curvature(outputs, "the Gauss-Newton matrix (a refined solve, an exact curvature)")
     o = outputs.shape[-1]
     with torch.enable_grad():
         z = outputs.detach().requires_grad_()
@@ -82,6 +95,7 @@ def output_jacobians(model: FlatModel, task: Task, theta: Tensor, data: Split, c
         return task.loss(g[None], y[None])[0]
 
     data = data.to(theta.dtype, theta.device)
+    check_output_curvature(model(theta, data.x[:1]), "an exact Gauss-Newton curvature ('ggn', 'auto' on a small model)")
     jac = vmap_or_loop(jacrev(out), in_dims=(None, 0))
     out_hess = vmap(torch.func.hessian(loss_of_output))
 

@@ -34,7 +34,7 @@ from torch.utils._pytree import tree_leaves
 
 from .datasets import Split
 from .errors import ModelError, SettingError
-from .grads import psd_sqrt
+from .grads import check_output_curvature, psd_sqrt
 from .models import FlatModel
 from .task import Task
 
@@ -84,8 +84,8 @@ def factored(model: FlatModel, exclude: Sequence[str] = (), strict: bool = True,
     A layer is factored when its weight is used by its own forward call alone: not tied to another layer's,
     not read by another module (``outside_uses``, probed on ``example`` [n, *features] when given; pass it
     whenever data is at hand). ``exclude`` names layers to leave out, each with everything inside it.
-    Normalisation layers (BatchNorm) are always excluded, and so is the running-statistics state: their
-    score contributions are 0 in every Kronecker-based method (docs/conventions.md). strict=True raises a
+    Normalisation layers (BatchNorm, LayerNorm) are always excluded, and so is the running-statistics state:
+    their score contributions are 0 in every Kronecker-based method (docs/conventions.md). strict=True raises a
     ModelError naming any other layer with parameters that cannot be factored and is not excluded;
     strict=False excludes such layers instead (and allows a model with no factorable layer)."""
     exclude = set(exclude)
@@ -105,7 +105,8 @@ def factored(model: FlatModel, exclude: Sequence[str] = (), strict: bool = True,
         module = named[name]
         own = dict(module.named_parameters(recurse=False))
         full = {p: model.slices[f"{name}.{p}" if name else p] for p in own}
-        if any(name == e or name.startswith(f"{e}.") for e in exclude) or name in model.norms:
+        if any(name == e or name.startswith(f"{e}.") for e in exclude) or name in model.norms \
+                or isinstance(module, nn.LayerNorm):
             excluded += list(full.values())
             continue
         why = _not_factorable(name, module, owners, {p: outside.get(f"{name}.{p}" if name else p) for p in own})
@@ -336,6 +337,7 @@ def output_directions(task: Task, outputs: Tensor, targets: Tensor, fisher: str,
     (ggn), or r is the loss gradient with sampled (true) or observed (empirical) targets."""
     g = outputs.detach()
     if fisher == "ggn":
+        check_output_curvature(g, "the Kronecker curvature's exact Gauss-Newton (fisher='ggn')")
         lam = vmap(torch.func.hessian(lambda o, y: task.loss(o[None], y[None])[0]))(g, targets)
         root = psd_sqrt(lam)
         return [root[:, :, k] for k in range(root.shape[-1])]

@@ -115,6 +115,31 @@ def lds_bars(results: dict[str, Interval], ceiling: float | None = None, ax=None
     return ax
 
 
+def refinement_curves(residuals, lds_by_iteration: dict[int, float] | None = None, reference: float | None = None,
+                      at: int | None = None, ax=None):
+    """A refined inverse product's progress (``Scores.diagnostics`` of ``refine=``, or ``Spectrum.refinement``):
+    the relative residual |r_t| / |v| before each iteration t on a log axis (left); the LDS of the scores
+    recorded at some iterations {t: LDS} on the right axis, with ``reference`` (e.g. the exact solve's LDS)
+    dashed; ``at`` marks the iteration being shown."""
+    ax = _axes(ax, (5, 3.5))
+    ax.semilogy(range(len(residuals)), residuals, color="tab:blue", lw=1, label="residual |r_t| / |v|")
+    ax.set_xlabel("iteration t (iteration 0: EK-FAC)")
+    ax.set_ylabel("relative residual (minibatch)", color="tab:blue")
+    if at is not None:
+        ax.axvline(at, color="k", lw=0.7, ls=":")
+    if lds_by_iteration:
+        twin = ax.twinx()
+        twin.grid(False)
+        steps = sorted(lds_by_iteration)
+        twin.plot(steps, [lds_by_iteration[t] for t in steps], "o-", color="tab:orange", ms=3, label="LDS")
+        if reference is not None:
+            twin.axhline(reference, color="tab:orange", ls="--", lw=0.8, label="LDS of the exact solve")
+        twin.set_ylabel("LDS", color="tab:orange")
+        twin.legend(fontsize=7, loc="upper right")
+    ax.set_title("Refining EK-FAC toward the exact solve")
+    return ax
+
+
 def eigenvalue_functions(eta: float, steps: int, damping: float | None = None, ax=None):
     """What each method does to a curvature direction of eigenvalue s: the influence function's
     1/(s + damping) against SOURCE's (1 - exp(-eta K s))/s (both 'how much a gradient in this

@@ -23,6 +23,13 @@ everywhere (docs/experiments.md lists them). ``preset("concrete").train()`` trai
   batch 64, 8 epochs (32 steps), in float64: 32 steps at rate 0.4 are chaotic in float32 (another CPU's
   float path moves the trained parameters far), while in float64 runs on different paths agree to round-off
   (``benchmarks/float_path_chaos.py``, BENCHMARKS.md), so its figures are the same on every machine.
+- sst2: SST-2 sentiment from a local folder (GLUE's tsv files): 5,000 class-balanced training phrases, 100
+  balanced queries from dev.tsv; a one-block Transformer classifier (width 32, 3,000 words, 32 tokens); SGD
+  momentum 0.9, a triangular rate peaking at 0.1, weight decay 1e-4, batch 32, 20 epochs; EK-FAC with the
+  embeddings left out; the margin in nats.
+- wikitext2: WikiText-2 from a local folder: 1,000 passages of 32 tokens from valid.txt (test.txt for queries);
+  a one-block causal language model (width 32, 2,000 words); peak rate 1.0, 10 epochs; EK-FAC with the
+  sampled Fisher, the embeddings left out; the passage's log-probability in nats.
 """
 
 from __future__ import annotations
@@ -34,17 +41,19 @@ import torch
 from torch import nn
 
 from . import datasets
+from .curvature import Kronecker
 from .datasets import Dataset, Split
 from .errors import SettingError
 from .experiment import Method
 from .recipe import Checkpoints, Recipe
 from .stages import Stage, StagedRun, train_stages
-from .task import Classification, Regression, Task
+from .task import Classification, LanguageModeling, Regression, Task
+from .text_models import CausalLM, TransformerClassifier
 from .training import Run, train
 from .zoo import mlp, resnet9
 
 
-def paper_methods(curvature: str) -> dict[str, Method]:
+def paper_methods(curvature) -> dict[str, Method]:
     """The comparison every preset runs by default, labelled as tables and plots show them."""
     return {
         "influence": Method("influence", curvature=curvature),
@@ -157,6 +166,65 @@ class StagedPreset:
         }
 
 
+@dataclass(frozen=True)
+class TextPreset:
+    """A text setting: SST-2 sentences with a Transformer classifier, or WikiText-2 passages with a causal language
+    model, from the data folder (``datasets.text``; put there by ``tdakit sst2|wikitext2 --archive FILE``)."""
+
+    name: str
+    dataset: str  # "sst2" or "wikitext2"
+    task: Task
+    recipe: Recipe
+    n_train: int
+    length: int
+    width: int = 32
+    heads: int = 2
+    depth: int = 2
+    vocab_size: int = 5000
+    n_query: int = 100
+    checkpoints: int = 6
+    description: str = ""
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def curvature(self) -> Kronecker:
+        """EK-FAC over every Linear of the blocks and the head; the embeddings left out (their one-hot inputs have
+        no factor here yet: docs/text.md); a language model's Fisher sampled (one next token per position)."""
+        fisher = "true" if isinstance(self.task, LanguageModeling) else "ggn"
+        return Kronecker(fisher=fisher, exclude=TEXT_EMBEDDINGS)
+
+    def data(self, seed: int = 0, root=None, download: bool = False, progress: bool = True) -> Dataset:
+        """The dataset from ``root`` (default: ``datasets.data_root()``), downloaded only if asked."""
+        if self.dataset == "sst2":
+            return datasets.sst2_folder(root, n_train=self.n_train, n_query=self.n_query, length=self.length,
+                                        vocab_size=self.vocab_size, seed=seed, download=download)
+        return datasets.wikitext2_folder(root, length=self.length, n_train=self.n_train, n_query=self.n_query,
+                                         vocab_size=self.vocab_size, download=download)
+
+    def model(self, vocabulary: int) -> nn.Module:
+        """A fresh model for a vocabulary of that many ids."""
+        if isinstance(self.task, LanguageModeling):
+            return CausalLM(vocabulary, self.width, self.heads, self.depth, max_length=self.length)
+        return TransformerClassifier(vocabulary, 2, self.width, self.heads, self.depth, max_length=self.length)
+
+    def train(self, data: Dataset | None = None, seed: int = 0, progress: bool = True, cache=True,
+              placement: str = "middle", device=None, dtype: torch.dtype | None = None) -> Run:
+        """The recorded run (recipe seed ``seed``) on ``device`` in ``dtype`` (default: the preset's)."""
+        data = data or self.data()
+        split = data.train if device is None else data.train.to(device=device)
+        return train(self.model(len(data.vocabulary)), split, dataclasses.replace(self.recipe, seed=seed), self.task,
+                     progress=progress, cache=cache, checkpoints=Checkpoints(self.checkpoints, placement),
+                     dtype=dtype or self.dtype)
+
+    def methods(self) -> dict[str, Method]:
+        methods = paper_methods(self.curvature)
+        methods["TRAK"] = Method("trak", exclude=TEXT_EMBEDDINGS)
+        return methods
+
+
+TEXT_EMBEDDINGS = ("encoder.tokens", "encoder.positions")
+
+
 def subset(data: Dataset, n: int) -> Split:
     """The first n training points (class-balanced for classification: the split is in file order)."""
     if data.kind == "classification":
@@ -168,7 +236,7 @@ def subset(data: Dataset, n: int) -> Split:
 CIFAR_RECIPE = Recipe(lr=0.4, epochs=25, batch_size=512, momentum=0.9, weight_decay=1e-3, schedule="cyclic",
                       warmup=0.2)
 
-PRESETS: dict[str, Preset | StagedPreset] = {
+PRESETS: dict[str, Preset | StagedPreset | TextPreset] = {
     "concrete": Preset(
         "concrete", "concrete", (128, 128, 128), Regression(),
         Recipe(lr=3e-2, epochs=20, batch_size=32, momentum=0.9, weight_decay=1e-5), curvature="ggn",
@@ -207,10 +275,22 @@ PRESETS: dict[str, Preset | StagedPreset] = {
         curvature="ekfac", architecture="resnet9", n_train=256, dtype=torch.float64,
         description="CIFAR-10 shrunk for a CPU: 256 images, ResNet-9 of width 8, batch 64, 8 epochs (32 steps), "
                     "float64"),
+    "sst2": TextPreset(
+        "sst2", "sst2", Classification(),
+        Recipe(lr=0.1, epochs=20, batch_size=32, momentum=0.9, weight_decay=1e-4, schedule="cyclic", warmup=0.2),
+        n_train=5000, length=32, width=32, heads=2, depth=1, vocab_size=3000,
+        description="SST-2 (local folder): 5,000 class-balanced training phrases, 100 balanced dev queries, a "
+                    "one-block Transformer of width 32 (3,000-word vocabulary, 32 tokens), 3,140 steps"),
+    "wikitext2": TextPreset(
+        "wikitext2", "wikitext2", LanguageModeling(),
+        Recipe(lr=1.0, epochs=10, batch_size=32, momentum=0.9, weight_decay=1e-4, schedule="cyclic", warmup=0.2),
+        n_train=1000, length=32, width=32, heads=2, depth=1, vocab_size=2000, n_query=50,
+        description="WikiText-2 (local folder): 1,000 passages of 32 tokens from valid.txt, 50 from test.txt, a "
+                    "one-block causal language model of width 32 (2,000-word vocabulary), 320 steps"),
 }
 
 
-def preset(name: str) -> Preset | StagedPreset:
+def preset(name: str) -> Preset | StagedPreset | TextPreset:
     """A named setting (see PRESETS)."""
     if name not in PRESETS:
         raise SettingError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

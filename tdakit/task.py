@@ -139,6 +139,67 @@ class Classification(Task):
                              "model one output per class, or map the labels to 0..K-1")
 
 
+IGNORE = -100  # a language model's target that does not count (padding, a prompt), as in torch's cross-entropy
+
+
+@dataclass(frozen=True)
+class LanguageModeling(Task):
+    """Next-token cross-entropy over one sequence. Outputs [n, L, V] (logits at each position), targets [n, L]
+    (the next token's id, or ``IGNORE`` where a position does not count: padding, or the prompt before a chosen
+    continuation). loss: the mean over the counted positions (nats per token; what training minimises).
+    measurement "log_prob" (default): the sum over counted positions of log p(target | what precedes it), in
+    nats, higher is better (the log-probability of the continuation); "loss": the loss itself."""
+
+    name: str = "language_model"
+    measure: str = "log_prob"
+
+    def __post_init__(self):
+        if self.measure not in ("log_prob", "loss"):
+            raise SettingError(f"unknown measurement {self.measure!r}; use 'log_prob' or 'loss'")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.measure == "log_prob"
+
+    def _counted_log_probs(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """(log p(target) at each position, 0 where not counted [n, L]; counted [n, L] as 0/1)."""
+        counted = (targets != IGNORE).to(outputs.dtype)
+        picked = _pick(torch.log_softmax(outputs, -1), targets)  # an IGNORE target picks nothing: 0
+        return picked * counted, counted
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        log_probs, counted = self._counted_log_probs(outputs, targets)
+        return -log_probs.sum(-1) / counted.sum(-1).clamp(min=1.0)
+
+    def measurement(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        if self.measure == "loss":
+            return self.loss(outputs, targets)
+        return self._counted_log_probs(outputs, targets)[0].sum(-1)
+
+    def sample_targets(self, outputs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A token drawn from softmax(outputs) at every position: [n, L]."""
+        probs = torch.softmax(outputs.detach().double(), -1).cpu()
+        drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+        return drawn.reshape(probs.shape[:-1]).to(outputs.device)
+
+    def check_targets(self, outputs: Tensor, targets: Tensor, name: str = "targets") -> None:
+        if outputs.dim() != 3 or tuple(targets.shape) != tuple(outputs.shape[:2]):
+            raise InputError(f"LanguageModeling needs outputs [n, L, vocabulary] and {name} [n, L] (the next "
+                             f"token at each position), got outputs {tuple(outputs.shape)} and {name} "
+                             f"{tuple(targets.shape)}")
+        self.check_values(outputs.shape[-1], targets, name)
+
+    def check_values(self, outputs_per_example: int, targets: Tensor, name: str = "targets") -> None:
+        if targets.dim() != 2 or targets.is_floating_point():
+            raise InputError(f"{name} of a language model must be integer token ids [n, L], got "
+                             f"{tuple(targets.shape)} {targets.dtype}")
+        outside = ((targets < 0) | (targets >= outputs_per_example)) & (targets != IGNORE)
+        if bool(outside.any()):
+            row = _first(outside.any(-1))
+            raise InputError(f"{name} must be token ids in 0..{outputs_per_example - 1} (the model's vocabulary) "
+                             f"or {IGNORE} (not counted), but row {row} holds {targets[row][outside[row]][0].item()}")
+
+
 def _first(mask: Tensor) -> int:
     """The index of the first True in a boolean [n]."""
     return int(mask.nonzero()[0, 0])

@@ -46,6 +46,19 @@ class Attention(nn.Module):
         return self.attention(x, x, x, need_weights=False)[0]
 
 
+class TransformerBlock(nn.Module):
+    """tdakit's pre-LayerNorm block (text_models.Block: attention from four nn.Linear, an MLP), every position kept."""
+
+    def __init__(self):
+        super().__init__()
+        from tdakit.text_models import Block
+
+        self.block = Block(FEATURES, 2, 8)
+
+    def forward(self, x):
+        return self.block(x, torch.ones(x.shape[:2], dtype=torch.bool))
+
+
 class Tokens(nn.Module):
     """Token ids (features rounded into 0..VOCAB-1) -> an Embedding -> mean -> Linear."""
 
@@ -100,6 +113,9 @@ LAYERS = {
     "LayerNorm": lambda: mlp_with(nn.LayerNorm(6)),
     "Embedding": Tokens,
     "MultiheadAttention": lambda: Sequence(Attention()),
+    "TransformerEncoderLayer": lambda: Sequence(nn.TransformerEncoderLayer(FEATURES, 2, 8, dropout=0.0,
+                                                                           batch_first=True)),
+    "tdakit Transformer block": lambda: Sequence(TransformerBlock()),
     "LSTM": lambda: Sequence(nn.LSTM(FEATURES, 3, batch_first=True), 3),
     "GRU": lambda: Sequence(nn.GRU(FEATURES, 3, batch_first=True), 3),
     "Dropout (off)": lambda: mlp_with(nn.Dropout(0.3)),

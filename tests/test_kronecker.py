@@ -130,19 +130,38 @@ class WithNorm(nn.Module):
         return self.head(torch.tanh(self.norm(self.body(x))))
 
 
-def test_layer_without_kronecker_form_is_named_and_can_be_excluded():
+class WithConv1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(5, 6)
+        self.conv = nn.Conv1d(1, 1, 3, padding=1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.conv(self.body(x)[:, None])[:, 0]))
+
+
+def test_layer_norm_is_left_out_like_batch_norm_and_a_layer_without_kronecker_form_is_named():
     model, task, data = FlatModel(WithNorm()), tdakit.Classification(), classification_data(12)
     theta = model.init(0, torch.float64)
-    with pytest.raises(ValueError, match=r"'norm' \(LayerNorm\).*exclude=\['norm'\]"):
-        curv.fit("ekfac", model, task, theta[None], data, WD)
-    with pytest.raises(ValueError, match="not layers of the model"):
-        curv.Kronecker(exclude=("nrom",)).fit(model, task, theta[None], data, WD)
-    K = curv.Kronecker(exclude=("norm",)).fit(model, task, theta[None], data, WD)
+    K = curv.fit("ekfac", model, task, theta[None], data, WD)  # no exclude needed: LayerNorm is left out
     v = torch.randn(3, model.num_params, dtype=torch.float64)
     out = K.apply(curv.functions.inverse(0.1), v)
-    norm_params = [s for s in range(model.num_params) if s in range(*K.excluded[0].indices(model.num_params))]
-    assert len(norm_params) == 6 and torch.all(out[:, K.excluded[0]] == 0) and torch.all(out[:, K.excluded[1]] == 0)
-    assert torch.isfinite(out).all() and out.abs().sum() > 0
+    norm = torch.zeros(model.num_params, dtype=torch.bool)
+    for name in ("norm.weight", "norm.bias"):
+        norm[model.slices[name]] = True
+    assert int(norm.sum()) == 12 and torch.all(out[:, norm] == 0) and torch.isfinite(out).all()
+    assert out[:, ~norm].abs().min() > 0  # every factored parameter is covered
+    model = FlatModel(WithConv1d())
+    theta = model.init(0, torch.float64)
+    with pytest.raises(ValueError, match=r"'conv' \(Conv1d\).*exclude=\['conv'\]"):
+        curv.fit("ekfac", model, task, theta[None], data, WD)
+    with pytest.raises(ValueError, match="not layers of the model"):
+        curv.Kronecker(exclude=("cnov",)).fit(model, task, theta[None], data, WD)
+    K = curv.Kronecker(exclude=("conv",)).fit(model, task, theta[None], data, WD)
+    out = K.apply(curv.functions.inverse(0.1), torch.randn(3, model.num_params, dtype=torch.float64))
+    conv = [model.slices["conv.weight"], model.slices["conv.bias"]]
+    assert all(torch.all(out[:, s] == 0) for s in conv) and torch.isfinite(out).all() and out.abs().sum() > 0
 
 
 def test_unknown_fisher_is_refused():

@@ -65,11 +65,31 @@ def test_zero_iterations_are_the_kronecker_answer_bit_for_bit_and_the_solve_is_d
     assert not torch.equal(other.values, a.values)  # the seed draws the minibatches
 
 
+@pytest.mark.parametrize("method, settings", [("influence", {}), ("source", {"segments": 2})])
+def test_recorded_iterates_score_as_the_solve_of_that_many_iterations(classifier, method, settings):
+    run, query = classifier
+    got = tdakit.attribute(run, query, method, curvature="ekfac", refine=Refine(iterations=30, record=(0, 10, 30)),
+                           progress=False, **settings)
+    by_iteration = got.diagnostics["by_iteration"]
+    assert sorted(by_iteration) == [0, 10, 30]
+    for t in (0, 10):  # computed separately: what refine=t returns
+        alone = tdakit.attribute(run, query, method, curvature="ekfac", refine=t, progress=False, **settings).values
+        assert torch.allclose(by_iteration[t], alone, rtol=0, atol=1e-12 * float(alone.abs().max()))
+    assert torch.allclose(by_iteration[30], got.values, rtol=0, atol=1e-12 * float(got.values.abs().max()))
+    assert not torch.allclose(by_iteration[10], by_iteration[0])
+    many = tdakit.attribute_many(run, query, {"r": (method, {"curvature": "ekfac", "refine": Refine(10, record=(0,)),
+                                                             **settings})}, progress=False)["r"]
+    assert torch.allclose(many.diagnostics["by_iteration"][0], by_iteration[0], rtol=0, atol=1e-12)
+
+
 def test_refine_settings_are_checked(classifier):
     run, query = classifier
     for bad in (-1, 1.5, True):
         with pytest.raises(tdakit.TdakitError, match="refine"):
             tdakit.attribute(run, query, "influence", curvature="ekfac", refine=bad, progress=False)
+    for record in ((0, 21), [0, 5], (0.5,)):
+        with pytest.raises(tdakit.TdakitError, match="record"):
+            Refine(iterations=20, record=record)
     with pytest.raises(tdakit.TdakitError, match="Kronecker curvature"):
         tdakit.attribute(run, query, "influence", curvature="ggn", refine=5, progress=False)
 

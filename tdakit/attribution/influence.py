@@ -69,7 +69,8 @@ def influence_plan(run: Run, query: Split, damping: float | str = "implied", cur
     v = measurement_grads(run.model, run.task, theta, query.to(theta.dtype))
     solve = refined_solve(H, damped_inverse(H, damping, run), v, run.model, run.task, theta, run.train, run.weights,
                           Refine.of(refine))
-    return Plan(run.model, run.task, run.train, [Term(theta, solve.x, -1.0 / run.num_train)], len(query),
+    return Plan(run.model, run.task, run.train, [Term(theta, solve.x, -1.0 / run.num_train,
+                                                      iterates=solve.iterates or None)], len(query),
                 {"residuals": solve.history} if solve.history else {})
 
 

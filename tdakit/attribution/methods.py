@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, make_dataclass
 from functools import partial
 from typing import Any
@@ -27,7 +27,7 @@ from ..stages import StagedRun
 from ..training import Run
 from . import staged as _staged
 from .influence import influence_plan
-from .products import Plan, evaluate
+from .products import Plan, evaluate, iterates_plan, split_iterates
 from .scores import Scores, ensure_finite
 from .settings import (
     InfluenceSettings,
@@ -182,7 +182,7 @@ def check_query(run: Run, query: Split) -> None:
     if query.x.is_floating_point() and not bool(torch.isfinite(query.x).all()):
         row = int((~torch.isfinite(query.x.reshape(len(query), -1))).any(1).nonzero()[0, 0])
         raise InputError(f"query {row} has NaN or inf in its features (query.x row {row}); drop or fix it")
-    out = run.model(run.final, query.x[:2].to(run.final.device, run.final.dtype))
+    out = run.model(run.final, query.subset(slice(0, 2)).to(run.final.dtype, run.final.device).x)
     run.task.check_targets(out, query.y[:2].to(run.final.device), "query targets (query.y)")
     run.task.check_values(out.shape[-1], query.y, "query targets (query.y)")
 
@@ -215,12 +215,31 @@ def scores_per_stage(run: Run | StagedRun, query: Split, method: str, progress: 
     spec, checked = prepare(run, query, method, settings)
     start = time.perf_counter()
     parts = spec.per_stage(run, query, checked, progress)
-    values = iter(evaluate([p for p in parts if isinstance(p, Plan)], options, progress=progress))
+    planned = [p for p in parts if isinstance(p, Plan)]
+    extra = [e for e in map(iterates_plan, planned) if e is not None]
+    got = evaluate(planned + extra, options, progress=progress)
+    values = iter(got[:len(planned)])
+    diagnostics = iter(with_iterates(planned, got[len(planned):], run.final.dtype))
     seconds = time.perf_counter() - start
     recorded = {**checked.changed(), **options.recorded()}
     return [Scores(ensure_finite((next(values) if isinstance(p, Plan) else p).to(run.final.dtype), method),
                    method, seconds, recorded, stage_of(run, s), checked.notes(),
-                   p.diagnostics if isinstance(p, Plan) else {}, run.stages[s].train.x) for s, p in enumerate(parts)]
+                   next(diagnostics) if isinstance(p, Plan) else {}, run.stages[s].train.x)
+            for s, p in enumerate(parts)]
+
+
+def with_iterates(plans: Sequence[Plan], iterate_values: Sequence[Tensor], dtype: torch.dtype) -> list[dict]:
+    """Each plan's diagnostics, with "by_iteration": {iteration: scores [Q, N]} added for a plan whose refined
+    solve recorded iterates (``Refine.record``); iterate_values: the scores of their ``iterates_plan``s, in order."""
+    values = iter(iterate_values)
+    out = []
+    for plan in plans:
+        extra = iterates_plan(plan)
+        diagnostics = dict(plan.diagnostics)
+        if extra is not None:
+            diagnostics["by_iteration"] = {k: v.to(dtype) for k, v in split_iterates(plan, next(values)).items()}
+        out.append(diagnostics)
+    return out
 
 
 def stage_of(run: Run | StagedRun, s: int) -> int | None:
@@ -262,12 +281,18 @@ def attribute_many(run: Run | StagedRun, query: Split, configs: Mapping[str, tup
         total = max(sum(rows[key] for key in group), 1)
         for key in group:
             extra[key[0]] += shared * rows[key] / total
+    diagnostics = {}
+    for key in planned:  # recorded iterates of a refined solve: one more pass, for the configurations that ask
+        plan = parts[key[0]][key[1]]
+        extra_plan = iterates_plan(plan)
+        more = evaluate([extra_plan], options[key[0]]) if extra_plan is not None else []
+        diagnostics[key] = with_iterates([plan], more, run.final.dtype)[0]
     result = {}
     for label, (spec, checked) in prepared.items():
         recorded = {**checked.changed(), **options[label].recorded()}
         scores = [Scores(ensure_finite(values.get((label, s), part).to(run.final.dtype), spec.name), spec.name,
                          seconds[label] + extra[label], recorded, stage_of(run, s), checked.notes(),
-                         part.diagnostics if isinstance(part, Plan) else {}, run.stages[s].train.x)
+                         diagnostics.get((label, s), {}), run.stages[s].train.x)
                   for s, part in enumerate(parts[label])]
         result[label] = run.per_stage(scores)
     return result

@@ -40,6 +40,7 @@ class Term:
     scale: float
     part: int = 0  # which piece of the method the term belongs to (SOURCE: its segment)
     checkpoint: int | None = None  # which of the run's checkpoints theta is (None: the final or a mean)
+    iterates: dict[int, Tensor] | None = None  # a refined u's recorded iterates {iteration: [Q, P]} (refine.py)
 
 
 @dataclass
@@ -52,6 +53,23 @@ class Plan:
     terms: list[Term]
     queries: int
     diagnostics: dict = field(default_factory=dict)  # what the method reports beside its scores (e.g. residuals)
+
+
+def iterates_plan(plan: Plan) -> Plan | None:
+    """The plan whose query rows are its terms' recorded iterates, one block of Q rows per recorded iteration in
+    increasing order ([len(recorded) x Q] rows), or None when no term recorded any (``Refine.record``)."""
+    if not plan.terms or not plan.terms[0].iterates:
+        return None
+    recorded = sorted(plan.terms[0].iterates)
+    terms = [Term(t.theta, torch.cat([t.iterates[k] for k in recorded]), t.scale, t.part, t.checkpoint)
+             for t in plan.terms]
+    return Plan(plan.model, plan.task, plan.data, terms, plan.queries * len(recorded))
+
+
+def split_iterates(plan: Plan, values: Tensor) -> dict[int, Tensor]:
+    """``iterates_plan(plan)``'s scores [len(recorded) x Q, N] as {iteration: scores [Q, N]}."""
+    recorded = sorted(plan.terms[0].iterates)
+    return {k: values[i * plan.queries:(i + 1) * plan.queries] for i, k in enumerate(recorded)}
 
 
 def evaluate(plans: Sequence[Plan], options: ProductOptions | None = None, chunk: int | None = None,

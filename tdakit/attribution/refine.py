@@ -54,6 +54,7 @@ class Refine:
     halve_every: int = 50
     seed: int = 0
     power_iterations: int = 20  # for that eigenvalue
+    record: tuple[int, ...] = ()  # iterations whose iterates the scores also report (Scores.diagnostics)
 
     def __post_init__(self):
         for name in ("iterations", "batch", "halve_every"):
@@ -61,6 +62,10 @@ class Refine:
             least = 0 if name == "iterations" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise SettingError(f"refine {name} must be a whole number >= {least}, got {value!r}")
+        if not isinstance(self.record, tuple) or any(
+                isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= self.iterations for t in self.record):
+            raise SettingError(f"refine record must be a tuple of iterations between 0 and {self.iterations}, got "
+                               f"{self.record!r}")
         if not 0 < self.step or not 0 <= self.momentum < 1:
             raise SettingError(f"refine step must be > 0 and momentum in [0, 1), got step {self.step!r}, "
                                f"momentum {self.momentum!r}")
@@ -82,11 +87,13 @@ class Refine:
 class Solve:
     """The result of a refined solve: x [Q, P]; the relative residual |r_t| / |v| (mean over queries) before each
     iteration t, measured on that iteration's minibatch (``history[0]`` is the Kronecker answer's); the estimated
-    largest eigenvalue of the preconditioned system that scaled the step."""
+    largest eigenvalue of the preconditioned system that scaled the step; at each iteration t ``Refine.record``
+    names, the answer [Q, P] a solve of t iterations returns (the same minibatches; 0: the Kronecker answer)."""
 
     x: Tensor
     history: list[float] = field(default_factory=list)
     largest: float = 1.0
+    iterates: dict[int, Tensor] = field(default_factory=dict)
 
 
 def largest_eigenvalue(operator, z: Tensor, iterations: int) -> float:
@@ -113,10 +120,11 @@ def damping_vector(H: curv.Curvature, fn, num_params: int, dtype: torch.dtype, d
     kept = torch.zeros(num_params, dtype=torch.bool, device=device)
     for layer in H.layers:
         one = layer.slot.matrix(torch.zeros(1, num_params, dtype=dtype, device=device))
-        block_fn = curv.base.resolve(fn, float(layer.eigenvalues.mean()))
-        # fn(s) = 1 / (s + damping): read the damping off the function at s = 0
-        damping = float(1.0 / block_fn(torch.zeros((), dtype=torch.float64)))
-        layer.slot.scatter(torch.full_like(one, H.floor + damping), D[None])
+        damping = getattr(curv.base.resolve(fn, float(layer.eigenvalues.mean())), "damping", None)
+        if damping is None:
+            raise SettingError("refine solves (G + damping) u = v, so it needs a damped inverse 1/(s + damping) "
+                               "(curvature.functions.inverse or relative_damping), not another eigenvalue function")
+        layer.slot.scatter(torch.full_like(one, H.floor + float(damping)), D[None])
         mask = torch.zeros(1, num_params, dtype=dtype, device=device)
         layer.slot.scatter(torch.ones_like(one), mask)
         kept |= mask[0].bool()
@@ -148,7 +156,7 @@ def refined_solve(H: curv.Curvature, fn, v: Tensor, model: FlatModel, task: Task
     segment's checkpoints); D and the parameters covered come from ``damping_vector``."""
     x = H.apply(fn, v) if start is None else start
     if settings.iterations == 0:
-        return Solve(x, [])
+        return Solve(x, [], iterates={0: x} if settings.record else {})
     thetas = theta[None] if theta.dim() == 1 else theta
     n = len(data)
     D, kept = damping_vector(H, fn, v.shape[-1], v.dtype, v.device)
@@ -175,7 +183,10 @@ def refined_solve(H: curv.Curvature, fn, v: Tensor, model: FlatModel, task: Task
     momentum = torch.zeros_like(x)
     history: list[float] = []
     best, best_x, shrink = float("inf"), x, 1.0
+    iterates: dict[int, Tensor] = {}
     for t in range(settings.iterations):
+        if t in settings.record:  # what refine=t returns (the same minibatches, the same choice of iterate)
+            iterates[t] = best_x if history and history[-1] > best else x
         idx = torch.randperm(n, generator=generator)[:batch].to(v.device)
         residual = system(x, idx) - target
         relative = float((residual.norm(dim=-1) / scale).mean())
@@ -189,7 +200,10 @@ def refined_solve(H: curv.Curvature, fn, v: Tensor, model: FlatModel, task: Task
         step = shrink * settings.step * 0.5 ** (t // settings.halve_every) / largest
         momentum.mul_(settings.momentum).sub_(H.apply(fn, residual), alpha=step)
         x = x + momentum
-    return Solve(best_x if history[-1] > best else x, history, largest)
+    x = best_x if history[-1] > best else x
+    if settings.iterations in settings.record:
+        iterates[settings.iterations] = x
+    return Solve(x, history, largest, iterates)
 
 
 __all__ = ["Refine", "Solve", "refined_solve", "damping_vector", "gauss_newton_products"]

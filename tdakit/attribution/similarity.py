@@ -51,16 +51,18 @@ def representations(run: Run, x: Tensor, theta: Tensor | None = None) -> Tensor:
     linear = [name for name, m in run.model.network.named_modules() if isinstance(m, nn.Linear)]
     if not linear:
         raise ModelError("representation similarity needs a model whose head is an nn.Linear layer")
-    return inputs_of(run.model, linear[-1], theta, x.to(theta.dtype)).reshape(len(x), -1)
+    x = x.to(theta.dtype) if x.is_floating_point() else x  # token ids stay integers
+    return inputs_of(run.model, linear[-1], theta, x).reshape(len(x), -1)
 
 
 def _output_gradients(run: Run, data: Split, of_loss: bool) -> Tensor:
-    """d L(z_i)/d g_i (of_loss) or d f_q/d g_q per example, with g the model outputs: [n, o]."""
+    """d L(z_i)/d g_i (of_loss) or d f_q/d g_q per example, with g the model outputs: [n, o] (a sequence's
+    outputs [L, V] flattened to one vector of L x V)."""
     fn = run.task.loss if of_loss else run.task.measurement
     data = data.to(run.final.dtype)
     with torch.no_grad():
         outputs = run.model(run.final, data.x)
-    return vmap(grad(lambda g, y: fn(g[None], y[None])[0]))(outputs, data.y)
+    return vmap(grad(lambda g, y: fn(g[None], y[None])[0]))(outputs, data.y).reshape(len(data), -1)
 
 
 def representation_scores(run: Run, query: Split, progress: bool = True) -> Tensor:

@@ -150,13 +150,16 @@ def source_walk(run: Run, v: Tensor, segments: int | Sequence[int] = 3, curvatur
         check_curvature(H, form, index)
         carried = v
         u, v = segment_step(H, eta, horizon * seg.steps, v, form, carry=propagate or index > 0)
-        if refine.iterations:
+        iterates = None
+        if refine.iterations or refine.record:
             solve = refined_solve(H, curv.functions.inverse(1.0 / (eta * horizon * seg.steps)), carried, run.model,
                                   run.task, thetas, data, run.weights, refine, start=u)
-            u = solve.x
-            histories.append(solve.history)
+            u, iterates = solve.x, solve.iterates or None
+            if solve.history:
+                histories.append(solve.history)
         scale = -1.0 / (run.num_train * len(thetas))
-        terms += [Term(theta, u, scale, index, c) for theta, c in zip(thetas, which, strict=True)]  # u . gbar_l(i)
+        # u . gbar_l(i)
+        terms += [Term(theta, u, scale, index, c, iterates) for theta, c in zip(thetas, which, strict=True)]
     plan = Plan(run.model, run.task, data, terms, len(v) if queries is None else queries,
                 {"residuals": histories} if histories else {})
     return plan, (v if propagate else None)

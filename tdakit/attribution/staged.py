@@ -79,7 +79,7 @@ def staged_influence(staged: StagedRun, query: Split, damping: float | str = "im
     check_damping(damping)
     theta = staged.final if theta is None else theta
     runs = staged.runs
-    pooled = Split(torch.cat([r.train.x.to(theta.dtype) for r in runs]),
+    pooled = Split(torch.cat([r.train.to(theta.dtype).x for r in runs]),
                    torch.cat([r.train.y.to(theta.dtype) if r.train.y.is_floating_point() else r.train.y for r in runs]))
     weights = torch.cat([r.weights.to(theta.dtype) for r in runs])
     last = runs[-1]
@@ -91,4 +91,5 @@ def staged_influence(staged: StagedRun, query: Split, damping: float | str = "im
                           theta, pooled, weights, Refine.of(refine))
     n = len(pooled)
     diagnostics = {"residuals": solve.history} if solve.history else {}
-    return [Plan(r.model, r.task, r.train, [Term(theta, solve.x, -1.0 / n)], len(query), diagnostics) for r in runs]
+    term = Term(theta, solve.x, -1.0 / n, iterates=solve.iterates or None)
+    return [Plan(r.model, r.task, r.train, [term], len(query), diagnostics) for r in runs]

@@ -59,14 +59,17 @@ class Trajectory:
         self._step = Step(run.model, run.task, run.recipe)
         theta, buf = run.init.to(self.dtype).clone(), torch.zeros_like(run.init, dtype=self.dtype)
         self._saved: dict[int, tuple[Tensor, Tensor]] = {0: (theta.clone(), buf.clone())}
-        whole = [theta.clone()] if self.every == 1 else None
+        whole = None
+        if self.every == 1:  # filled in place: one [T + 1, P] block, never a list of states and its stacked copy
+            whole = torch.empty(self.num_steps + 1, theta.numel(), dtype=self.dtype, device=theta.device)
+            whole[0] = theta
         for k, after, _ in steps(self._step, self._data, theta, self._batches, self._lrs, self._weights, buf=buf):
             if whole is not None:
-                whole.append(after.clone())
+                whole[k + 1] = after
             elif (k + 1) % self.every == 0 and k + 1 < self.num_steps:
                 self._saved[k + 1] = (after.clone(), buf.clone())
-        self.final = after.clone() if self.num_steps else theta.clone()
-        self._stretch_start, self._stretch = (0, torch.stack(whole)) if whole is not None else (-1, None)
+        self.final = whole[-1].clone() if whole is not None else after.clone() if self.num_steps else theta.clone()
+        self._stretch_start, self._stretch = (0, whole) if whole is not None else (-1, None)
 
     def __len__(self) -> int:
         return self.num_steps + 1
@@ -82,11 +85,13 @@ class Trajectory:
         """The stored states of steps start .. start + every - 1, from the checkpoint at ``start``."""
         theta, buf = (t.clone() for t in self._saved[start])
         end = min(start + self.every, self.num_steps)
-        states = [theta.clone()]
-        for _, after, _ in steps(self._step, self._data, theta, self._batches, self._lrs, self._weights, buf=buf,
+        self._stretch = None  # the previous stretch goes first (states a caller still holds stay as they were)
+        self._stretch = torch.empty(end - start, theta.numel(), dtype=self.dtype, device=theta.device)
+        self._stretch[0] = theta
+        for k, after, _ in steps(self._step, self._data, theta, self._batches, self._lrs, self._weights, buf=buf,
                                  first=start, last=end - 2):  # theta_end itself is not needed
-            states.append(after.clone())
-        self._stretch_start, self._stretch = start, torch.stack(states)
+            self._stretch[k + 1 - start] = after
+        self._stretch_start = start
 
     @property
     def stored_values(self) -> int:

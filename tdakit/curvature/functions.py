@@ -24,6 +24,7 @@ def _check_form(form: str) -> None:
 def inverse(damping: float):
     def fn(s: Tensor) -> Tensor:
         return 1.0 / (s + damping)
+    fn.damping = damping  # what a refined solve reads (attribution.refine.damping_vector)
     return fn
 
 

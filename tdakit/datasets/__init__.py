@@ -17,6 +17,9 @@ folder, see ``cifar``): a seeded class-balanced training subset (the paper's 3,0
 all 50,000), queries and test images from the official test split, colour images [n, 3, 32, 32]
 standardized per channel with the training subset's statistics.
 
+``sst2_folder(root)`` and ``wikitext2_folder(root)`` read SST-2 (GLUE's tsv files) and WikiText-2 (raw token
+files) from a local folder, with a word vocabulary built from the training split (``text``): token ids [n, L].
+
 Your own data: ``Split(x, y)`` wraps tensors, numpy arrays or pandas objects; ``from_arrays(x, y, task)`` and
 ``from_csv(path, target, task)`` make a seeded train/query/test Dataset from a table, standardized with the
 training rows only (``Dataset.features_standardized`` applies the same map to new rows).
@@ -29,11 +32,13 @@ from .core import Dataset, Scaler, Split, as_tensor, data_root
 from .images import cifar10_folder, mnist5k, mnist_arrays, mnist_folder
 from .own import from_arrays, from_csv
 from .tabular import concrete
+from .text import Vocabulary, sst2_folder, wikitext2_folder
 from .transforms import balanced_parts, balanced_subset, rotated, with_label_noise
 
 __all__ = ["Split", "Dataset", "Scaler", "as_tensor", "from_arrays", "from_csv",
            "load", "available", "mnist_folder", "mnist_arrays", "with_label_noise",
-           "rotated", "balanced_subset", "balanced_parts", "cifar10_folder", "data_root"]
+           "rotated", "balanced_subset", "balanced_parts", "cifar10_folder", "data_root", "sst2_folder",
+           "wikitext2_folder", "Vocabulary"]
 
 
 _LOADERS = {"concrete": concrete, "mnist5k": mnist5k}

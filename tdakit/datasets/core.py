@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,8 @@ def as_tensor(value, name: str) -> Tensor:
 
 @dataclass(frozen=True)
 class Split:
-    """Examples x [n, *features] and targets y [n] (class labels 0..K-1, or real values).
+    """Examples x [n, *features] (real features, or token ids [n, L]) and targets y [n] (class labels 0..K-1, or
+    real values), or integer targets [n, L] per position of a sequence (a language model's next tokens).
 
     x and y may be torch tensors, numpy arrays, pandas objects or lists; they are converted once, here.
     Targets shaped [n, 1] (a one-column table) become [n]; other shapes are refused rather than broadcast.
@@ -53,10 +55,10 @@ class Split:
                              f"{tuple(y.shape)}")
         if y.dim() == 2 and y.shape[1] == 1:
             y = y[:, 0]
-        if y.dim() != 1:
-            raise InputError(f"y must hold one target per example, shape [n] (or [n, 1]); got {tuple(y.shape)}. "
-                             "tdakit attributes one real target (Regression) or one class label (Classification) "
-                             "per example")
+        if y.dim() != 1 and not (y.dim() == 2 and not y.is_floating_point()):
+            raise InputError(f"y must hold one target per example, shape [n] (or [n, 1]), or integer token targets "
+                             f"[n, L] for a sequence; got {tuple(y.shape)}. tdakit attributes one real target "
+                             "(Regression) or one class label (Classification) per example")
         if x.shape[0] != y.shape[0]:
             raise InputError(f"x has {x.shape[0]} rows but y has {y.shape[0]}; pass one target per example")
         object.__setattr__(self, "x", x)
@@ -69,9 +71,11 @@ class Split:
         return Split(self.x[index], self.y[index])
 
     def to(self, dtype: torch.dtype | None = None, device=None) -> Split:
-        """Cast features (and floating targets) to ``dtype``; move both to ``device``."""
+        """Cast floating features and targets to ``dtype`` (integer ones, such as token ids and class labels, keep
+        theirs); move both to ``device``."""
+        x_dtype = dtype if self.x.is_floating_point() else None
         y_dtype = dtype if self.y.is_floating_point() else None
-        return Split(self.x.to(device=device, dtype=dtype), self.y.to(device=device, dtype=y_dtype))
+        return Split(self.x.to(device=device, dtype=x_dtype), self.y.to(device=device, dtype=y_dtype))
 
     def fingerprint(self) -> str:
         """Content hash of the examples and targets (used in cache keys; ``store.digest``)."""
@@ -107,7 +111,7 @@ class Dataset:
     """A named dataset: ``train`` to train on, ``query`` to attribute, ``test`` left over."""
 
     name: str
-    kind: str  # "regression" or "classification"
+    kind: str  # "regression", "classification" or "language_model"
     train: Split
     query: Split
     test: Split
@@ -117,6 +121,13 @@ class Dataset:
     image_shape: tuple[int, ...] = ()  # (H, W) for images stored flattened or not; (C, H, W) for colour
     channel_scalers: tuple[Scaler, ...] = ()  # per colour channel, standardized -> [0, 1] pixel values
     class_names: tuple[str, ...] = ()
+    vocabulary: Any = None  # text: the ``datasets.text.Vocabulary`` mapping token ids to words
+
+    def texts(self, x: Tensor) -> list[str]:
+        """Token ids [n, L] -> one string per row (padding left out); only for text datasets."""
+        if self.vocabulary is None:
+            raise SettingError(f"{self.name} is not a text dataset (it has no vocabulary)")
+        return [self.vocabulary.decode(row) for row in x]
 
     def features_standardized(self, x) -> Tensor:
         """New tabular inputs [n, F] in original units -> the standardized features the model takes (the same

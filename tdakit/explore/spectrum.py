@@ -11,6 +11,11 @@ exact unrolling and a ground truth:
     sp = Spectrum(run, data.query, truth=truth, reference=unrolled_scores)
     sp.source(segments=3, horizon=1.0)      # [Q, N], equals attribute(run, query, "source", segments=3)
     sp.view(3, 1.0, damping=1e-3)           # both methods' scores, LDS and agreement with unrolling
+    sp.refinement(damping=1e-3)             # EK-FAC influence refined toward that exact solve, by iteration
+
+The refinement shows the other road from an approximation to the exact influence function: EK-FAC's answer at
+the same damping, refined by preconditioned Gauss-Newton iterations (``attribution.refine``), with the residual
+and the LDS at every recorded iteration; its end point is the exact solve this class computes as ``influence``.
 
 Curvature is fitted once per segment layout and reused for every horizon and damping; each setting's
 scores are kept, so moving a slider back is immediate. Units and sign: the convention of docs/conventions.md.
@@ -18,6 +23,7 @@ scores are kept, so moving a slider back is immediate. Units and sign: the conve
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -29,6 +35,7 @@ from .. import curvature as curv
 from ..attribution import Scores
 from ..attribution.influence import check_damping, implied_damping
 from ..attribution.products import Plan, Term, evaluate
+from ..attribution.refine import Refine, refined_solve
 from ..attribution.source import segments_of, source_walk
 from ..concurrency import compute_lock
 from ..datasets import Split
@@ -55,6 +62,26 @@ class View:
     agreement_influence: float | None
 
 
+@dataclass(frozen=True)
+class Refinement:
+    """EK-FAC influence at one damping refined toward the exact damped Gauss-Newton solve: the recorded
+    iterations [0, ..., max]; residuals[t]: the relative residual |r_t| / |v| before iteration t (minibatch, mean
+    over queries); scores[t] [Q, N]; lds[t] (None without a ground truth); agreement[t]: mean per-query Spearman
+    with this class's exact-curvature influence at the same damping, the solve's target."""
+
+    damping: float
+    iterations: list[int]
+    residuals: list[float]
+    scores: dict[int, Tensor]
+    lds: dict[int, Interval | None]
+    agreement: dict[int, float]
+
+    def at(self, iteration: int) -> int:
+        """The recorded iteration nearest ``iteration``."""
+        return min(self.iterations, key=lambda t: abs(t - iteration))
+
+
+EXPLORER_REFINE = Refine(iterations=100, record=tuple(range(0, 101, 10)))  # the explorer's: every 10th kept
 GRADIENT_BUDGET = 2**27  # keep per-example gradients of every checkpoint when N x P x (C + 1) is at most this
 DENSE_PARAMS = 4096  # below this many parameters, dense curvature is fitted once per checkpoint and averaged
 
@@ -69,9 +96,13 @@ class Spectrum:
     for every new setting."""
 
     def __init__(self, run: Run, query: Split, curvature: curv.CurvatureSpec = "ggn", truth: GroundTruth | None = None,
-                 reference: Scores | Tensor | None = None, progress: bool = False, keep_gradients: bool | None = None):
+                 reference: Scores | Tensor | None = None, progress: bool = False, keep_gradients: bool | None = None,
+                 refine: Refine = EXPLORER_REFINE):
         with compute_lock:
             self._setup(run, query, curvature, truth, reference, progress, keep_gradients)
+            self.refine_settings = refine
+            self._refinements: dict[float, Refinement] = {}
+            self._kronecker: curv.Curvature | None = None
 
     def _setup(self, run, query, curvature, truth, reference, progress, keep_gradients) -> None:
         if len(run.checkpoints) == 0:
@@ -188,6 +219,39 @@ class Spectrum:
             self._views[key] = View(int(segments), float(horizon), float(damping), source, influence, *judged, *agree)
         return self._views[key]
 
+    def refinement(self, damping: float) -> Refinement:
+        """EK-FAC influence at ``damping`` refined by ``refine`` (the constructor's: 100 iterations, every 10th
+        recorded), kept per damping. Its target is ``influence(damping)`` when this Spectrum's curvature is the
+        Gauss-Newton ("ggn")."""
+        check_damping(damping)
+        if isinstance(damping, str):
+            raise SettingError("give the damping as a number here (the slider's value)")
+        with compute_lock:
+            key = float(damping)
+            if key not in self._refinements:
+                self._refinements[key] = self._refine(key)
+            return self._refinements[key]
+
+    def _refine(self, damping: float) -> Refinement:
+        run, settings = self.run, self.refine_settings
+        if not settings.record:
+            settings = dataclasses.replace(settings, record=(0, settings.iterations))
+        if self._kronecker is None:
+            self._kronecker = curv.fit("ekfac", run.model, run.task, run.final[None], run.train,
+                                       run.recipe.weight_decay, weights=run.weights, progress=self.progress)
+        solve = refined_solve(self._kronecker, curv.functions.inverse(damping), self.v, run.model, run.task,
+                              run.final, run.train, run.weights, settings)
+        recorded = sorted(solve.iterates)
+        final = len(run.checkpoints)
+        values = dict(zip(recorded, self._scores(*[[(final, solve.iterates[t], -1.0 / run.num_train)]
+                                                   for t in recorded]), strict=True))
+        target = self.influence(damping).double()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            judged = {t: lds(v, self.truth) if self.truth is not None else None for t, v in values.items()}
+        agreement = {t: float(spearman(v, target).mean()) for t, v in values.items()}
+        return Refinement(damping, recorded, solve.history, values, judged, agreement)
+
     def last_rate(self, segments: int) -> float:
         """eta_L K_L of the last of L segments (effective rates summed over its steps)."""
         seg = segments_of(self.run, segments)[-1]
@@ -206,4 +270,4 @@ class Spectrum:
                 "SOURCE": curv.functions.learn(self.last_rate(segments), horizon)(s)}
 
 
-__all__ = ["Spectrum", "View"]
+__all__ = ["Spectrum", "View", "Refinement"]

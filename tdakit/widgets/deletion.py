@@ -44,7 +44,7 @@ class DeletionExplorer:
         self.blamed_points: tuple[list[int], list[int]] = ([], [])
         self._show = Background(threaded)
         self._work = Background(threaded, on_busy=self._busy)
-        self._query_outputs = run.model(run.final, whatif.query.x.to(run.final.dtype)).detach()
+        self._query_outputs = run.model(run.final, whatif.query.to(run.final.dtype).x).detach()
 
         self._make_controls(k, protocol, method, query)
         self._make_displays()

@@ -1,0 +1,267 @@
+"""Text: the SST-2 and WikiText-2 loaders, the vocabulary, the Transformer models, the language-model task, and
+attention models on every path (default products against torch.func's per-example gradients, float64)."""
+
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import tdakit
+from tdakit import errors
+from tdakit.curvature import Kronecker
+from tdakit.datasets import text
+from tdakit.task import IGNORE
+from tdakit.text_models import CausalLM, TransformerClassifier
+
+POSITIVE = ["a fine , moving film", "warm and funny", "the best film of the year", "funny and moving",
+            "a joy", "moving , warm and wise", "fine acting", "a wise film"]
+NEGATIVE = ["a dull , lifeless film", "boring", "the worst film of the year", "dull and boring",
+            "a mess", "lifeless , dull and long", "bad acting", "a long film"]
+
+
+def write_sst2(folder, header=("label", "sentence"), rows=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = rows or [(1, s) for s in POSITIVE] + [(0, s) for s in NEGATIVE]
+    for name, part in (("train.tsv", rows), ("dev.tsv", rows[::2] + rows[1::2])):
+        lines = ["\t".join(header)] + [f"{label}\t{sentence}" if header[0] == "label" else f"{sentence}\t{label}"
+                                       for label, sentence in part]
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def write_wikitext(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    paragraph = " the cat sat on the mat . the dog sat on the cat . <unk> ran away . \n \n"
+    (folder / "valid.txt").write_text(" = Cats = \n \n" + paragraph * 6)
+    (folder / "test.txt").write_text(" = Dogs = \n \n" + paragraph * 4)
+    return folder
+
+
+# -- data --------------------------------------------------------------------------------------------------
+def test_the_vocabulary_orders_words_by_count_then_alphabetically_and_round_trips():
+    vocab = text.Vocabulary.build([["b", "a", "c", "a"], ["b", "a", "d"]], max_size=6)
+    assert vocab.words == ("<pad>", "<unk>", "<eos>", "a", "b", "c")  # d: cut by max_size (c wins the tie)
+    assert vocab.encode(["a", "zebra", "d"]) == [3, 1, 1]
+    ids = vocab.padded([["a", "b"], ["c", "a", "b", "a"]], 3)
+    assert ids.tolist() == [[3, 4, 0], [5, 3, 4]] and ids.dtype == torch.int64
+    assert vocab.decode(ids[0]) == "a b" and vocab.decode([5, 1, 0]) == "c <unk>"
+    with pytest.raises(errors.SettingError, match="special"):
+        text.Vocabulary.build([["a"]], max_size=3)
+
+
+@pytest.mark.parametrize("header", [("label", "sentence"), ("sentence", "label"), ("label", "content")])
+def test_sst2_reads_glue_s_layout_balanced_with_queries_from_dev(tmp_path, header):
+    write_sst2(tmp_path / "sst2", header)
+    data = tdakit.datasets.sst2_folder(tmp_path, n_train=8, n_query=4, length=5)
+    assert data.kind == "classification" and data.class_names == ("negative", "positive")
+    assert data.train.x.shape == (8, 5) and data.train.x.dtype == torch.int64
+    assert data.train.y.sum() == 4 and data.query.y.sum() == 2 and len(data.test) == 12
+    assert set(data.texts(data.train.x)) <= {" ".join(s.split()[:5]) for s in POSITIVE + NEGATIVE}
+    # the vocabulary comes from the chosen training sentences only
+    train_words = {w for s in data.texts(data.train.x) for w in s.split()}
+    assert set(data.vocabulary.words[3:]) == train_words - {"<unk>"}
+
+
+def test_sst2_errors_name_the_file_the_line_and_the_layout(tmp_path):
+    with pytest.raises(errors.DataNotFoundError, match="train.tsv and .*dev.tsv.*tdakit sst2 --archive"):
+        tdakit.datasets.sst2_folder(tmp_path)
+    folder = write_sst2(tmp_path / "sst2")
+    (folder / "train.tsv").write_text("label\tsentence\n1\tfine\n2\tbad label\n")
+    with pytest.raises(errors.InputError, match=r"train.tsv, line 3: expected label<TAB>sentence"):
+        tdakit.datasets.sst2_folder(tmp_path, n_train=2, n_query=2)
+    (folder / "train.tsv").write_text("words\tscore\n1\tfine\n")
+    with pytest.raises(errors.InputError, match="header must name two tab-separated columns"):
+        tdakit.datasets.sst2_folder(tmp_path, n_train=2, n_query=2)
+    write_sst2(folder)
+    with pytest.raises(errors.SettingError, match="n_train must lie in"):
+        tdakit.datasets.sst2_folder(tmp_path, n_train=100)
+
+
+def test_wikitext_blocks_predict_the_next_token(tmp_path):
+    write_wikitext(tmp_path / "wikitext-2")
+    data = tdakit.datasets.wikitext2_folder(tmp_path, length=6, n_query=2)
+    assert data.kind == "language_model" and data.train.x.shape[1] == 6 == data.train.y.shape[1]
+    assert torch.equal(data.train.x[0, 1:], data.train.y[0, :-1]) and torch.equal(data.train.x[1, 0],
+                                                                                  data.train.y[0, -1])
+    tokens = text.read_wikitext(tmp_path / "wikitext-2" / "valid.txt")
+    assert tokens[:4] == ["=", "Cats", "=", "<eos>"] and "<unk>" in tokens
+    assert data.vocabulary.index["<unk>"] == 1  # WikiText's own <unk> is the vocabulary's
+    assert data.texts(data.train.x[:1])[0] == "= Cats = <eos> the cat"
+    assert len(data.query) == 2 and len(data.test) == len(text.blocks(range(len(
+        text.read_wikitext(tmp_path / "wikitext-2" / "test.txt"))), 6)) - 2
+    with pytest.raises(errors.DataNotFoundError, match="valid.txt and .*test.txt"):
+        tdakit.datasets.wikitext2_folder(tmp_path / "elsewhere")
+    (tmp_path / "wikitext-2" / "test.txt").write_text("\n \n")
+    with pytest.raises(errors.InputError, match="holds no tokens"):
+        tdakit.datasets.wikitext2_folder(tmp_path)
+
+
+def test_archives_unpack_into_the_data_folder_and_the_command_line_says_where(tmp_path):
+    source = write_sst2(tmp_path / "made" / "glue" / "sst2")
+    archive = tmp_path / "sst2.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(source, arcname="glue/sst2")
+    root = tmp_path / "data"
+    got = subprocess.run([sys.executable, "-m", "tdakit.cli", "sst2", "--archive", str(archive), "--root",
+                          str(root)], capture_output=True, text=True)
+    assert got.returncode == 0 and str(root / "sst2") in got.stdout
+    assert (root / "sst2" / "train.tsv").is_file() and not list(root.glob(".*"))  # nothing half-written left
+    assert text.install(archive, root, "sst2") == root / "sst2"  # there already: nothing to do
+    with pytest.raises(errors.DataNotFoundError, match="holds no wikitext-2 layout"):
+        text.install(archive, tmp_path / "other", "wikitext-2")
+    missing = subprocess.run([sys.executable, "-m", "tdakit.cli", "wikitext2", "--root", str(tmp_path / "none")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "--download" in missing.stderr and "download=True" not in missing.stderr
+
+
+# -- models and the language-model task --------------------------------------------------------------------
+def test_padding_never_counts_and_causal_attention_never_looks_ahead():
+    torch.manual_seed(0)
+    classifier = TransformerClassifier(20, width=8, heads=2, depth=2, max_length=12).double()
+    ids = torch.tensor([[5, 6, 7, 0, 0, 0]])
+    longer = torch.cat([ids, torch.zeros(1, 6, dtype=torch.int64)], 1)
+    assert torch.allclose(classifier(ids), classifier(longer), rtol=0, atol=1e-12)
+    assert not torch.allclose(classifier(ids), classifier(torch.tensor([[5, 6, 8, 0, 0, 0]])))
+    lm = CausalLM(20, width=8, heads=2, depth=2, max_length=12).double()
+    a, b = lm(torch.tensor([[3, 4, 5, 6]])), lm(torch.tensor([[3, 4, 9, 9]]))
+    assert torch.allclose(a[:, :2], b[:, :2], rtol=0, atol=1e-12) and not torch.allclose(a[:, 2], b[:, 2])
+    with pytest.raises(errors.InputError, match="integer token ids"):
+        classifier(torch.zeros(1, 3))
+    with pytest.raises(errors.InputError, match="longer than the model's max_length"):
+        classifier(torch.ones(1, 13, dtype=torch.int64))
+    tied = CausalLM(20, width=8, tie=True)
+    assert tied.head.weight is tied.encoder.tokens.weight
+
+
+def test_the_language_model_task_is_torch_s_cross_entropy_and_ignores_what_it_should():
+    torch.manual_seed(0)
+    task = tdakit.LanguageModeling()
+    logits = torch.randn(3, 5, 7, dtype=torch.float64)
+    targets = torch.randint(0, 7, (3, 5))
+    targets[1, :2] = IGNORE  # a prompt: not counted
+    expected = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+    counted = (targets != IGNORE).double()
+    assert torch.allclose(task.loss(logits, targets), expected.sum(1) / counted.sum(1), rtol=1e-12)
+    log_probs = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    assert torch.allclose(task.measurement(logits, targets), (log_probs * counted).sum(1), rtol=1e-12)
+    assert task.higher_is_better and not tdakit.LanguageModeling(measure="loss").higher_is_better
+    assert task.sample_targets(logits, torch.Generator().manual_seed(0)).shape == (3, 5)
+    with pytest.raises(errors.InputError, match=r"token ids in 0..6"):
+        task.check_targets(logits, torch.full((3, 5), 7))
+    with pytest.raises(errors.InputError, match=r"outputs \[n, L, vocabulary\]"):
+        task.check_targets(logits, torch.zeros(3, dtype=torch.int64))
+
+
+# -- every path on attention models ------------------------------------------------------------------------
+class TorchEncoderClassifier(nn.Module):
+    """PyTorch's own nn.TransformerEncoderLayer (nn.MultiheadAttention inside), with a padding mask."""
+
+    def __init__(self, vocabulary: int, width: int = 8):
+        super().__init__()
+        self.tokens = nn.Embedding(vocabulary, width)
+        self.layer = nn.TransformerEncoderLayer(width, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, ids):
+        keep = ids != 0
+        states = self.layer(self.tokens(ids), src_key_padding_mask=~keep)
+        weights = keep.to(states.dtype)[..., None]
+        return self.head((states * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+
+
+@pytest.fixture(scope="module")
+def sentences(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    write_sst2(root / "sst2")
+    return tdakit.datasets.sst2_folder(root, n_train=16, n_query=4, length=6)
+
+
+@pytest.fixture(scope="module")
+def passages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    write_wikitext(root / "wikitext-2")
+    return tdakit.datasets.wikitext2_folder(root, length=6, n_train=12, n_query=3)
+
+
+EMBEDDINGS = ["encoder.tokens", "encoder.positions"]
+PATHS = [("grad_dot", {}), ("tracin", {}), ("source", {"segments": 2, "curvature": "ggn"}),
+         ("influence", {"curvature": Kronecker(fisher="true", exclude=EMBEDDINGS)}),
+         ("source", {"segments": 2, "curvature": Kronecker(fisher="true", exclude=EMBEDDINGS)}),
+         ("trak", {"exclude": EMBEDDINGS})]
+
+
+@pytest.mark.parametrize("kind", ["classifier", "language model", "nn.TransformerEncoderLayer"])
+def test_attention_models_score_the_same_on_the_default_path_as_with_per_example_torch_func(kind, sentences,
+                                                                                          passages):
+    data = passages if kind == "language model" else sentences
+    vocab = len(data.vocabulary)
+    model = {"classifier": lambda: TransformerClassifier(vocab, width=8, heads=2, depth=1, max_length=6),
+             "language model": lambda: CausalLM(vocab, width=8, heads=2, depth=1, max_length=6),
+             "nn.TransformerEncoderLayer": lambda: TorchEncoderClassifier(vocab)}[kind]()
+    task = tdakit.LanguageModeling() if kind == "language model" else tdakit.Classification()
+    run = tdakit.train(model, data.train, tdakit.Recipe(lr=0.1, epochs=2, batch_size=4, momentum=0.9,
+                                                        weight_decay=1e-3), task, checkpoints=4,
+                       dtype=torch.float64, progress=False, cache=False)
+    torch_layers = ["tokens", "layer.self_attn"]  # nn.MultiheadAttention's packed in-projection: no Linear
+    paths = PATHS if kind != "nn.TransformerEncoderLayer" else PATHS[:3] + [
+        ("influence", {"curvature": Kronecker(exclude=torch_layers)}), ("trak", {"exclude": torch_layers}),
+        ("unrolled", {})]
+    for method, settings in paths:
+        if kind == "language model" and settings.get("curvature") == "ggn":
+            continue  # the exact Gauss-Newton over L x V outputs: refused (next test)
+        default = tdakit.attribute(run, data.query, method, progress=False, **settings).values
+        flat = tdakit.attribute(run, data.query, method, progress=False, gradients="vmap", **settings).values
+        assert torch.isfinite(default).all() and default.abs().max() > 0, method
+        assert torch.allclose(default, flat, rtol=0, atol=1e-10 * float(flat.abs().max())), method
+
+
+def test_language_models_refuse_the_exact_gauss_newton_and_name_the_sampled_one(passages):
+    run = tdakit.train(CausalLM(len(passages.vocabulary), width=8, heads=2, depth=1, max_length=6), passages.train,
+                       tdakit.Recipe(lr=0.1, epochs=1, batch_size=4), tdakit.LanguageModeling(), checkpoints=2,
+                       dtype=torch.float64, progress=False, cache=False)
+    for curvature in ("ggn", Kronecker(exclude=EMBEDDINGS)):
+        with pytest.raises(errors.ModelError, match=r"fisher='true'"):
+            tdakit.attribute(run, passages.query, "influence", curvature=curvature, progress=False)
+    with pytest.raises(errors.ModelError, match="encoder.tokens"):  # embeddings: named, with the exclude fix
+        tdakit.attribute(run, passages.query, "influence", curvature=Kronecker(fisher="true"), progress=False)
+
+
+@pytest.mark.parametrize("name", ["sst2", "wikitext2"])
+def test_the_text_presets_run_every_method(tmp_path, name):
+    import dataclasses
+
+    from tdakit.experiment import Method, compute_scores
+
+    (write_sst2 if name == "sst2" else write_wikitext)(tmp_path / ("sst2" if name == "sst2" else "wikitext-2"))
+    setting = tdakit.preset(name)
+    small = dataclasses.replace(setting, n_train=8, n_query=2, length=6, vocab_size=40, width=8,
+                                recipe=dataclasses.replace(setting.recipe, epochs=2, batch_size=4))
+    data = small.data(root=tmp_path)
+    run = small.train(data, progress=False, cache=False)
+    methods = {**small.methods(), "exact unrolling": Method("unrolled"), "grad cos": Method("grad_cos"),
+               "representation": Method("representation")}
+    scores, _ = compute_scores(run, data.query, methods, progress=False, cache=False)
+    for label, got in scores.items():
+        assert got.values.shape == (2, 8) and torch.isfinite(got.values).all() and got.values.abs().max() > 0, label
+    truth = tdakit.groundtruth(run, data.query, subsets=4, seeds=1, progress=False, cache=False)
+    assert truth.values.shape == (4, 1, 2) and torch.isfinite(truth.values).all()
+
+
+def test_a_continuation_query_measures_log_p_of_the_continuation_given_the_prompt():
+    torch.manual_seed(0)
+    vocab = text.Vocabulary.build([["the", "cat", "sat", "on", "mat"]])
+    query = text.continuations(vocab, [("the cat", "sat on the mat")], length=8)
+    ids = vocab.encode("the cat sat on the mat".split())
+    assert query.x[0, :5].tolist() == ids[:5] and query.x[0, 5:].tolist() == [0, 0, 0]
+    assert query.y[0].tolist() == [IGNORE] + ids[2:] + [IGNORE] * 3
+    lm = CausalLM(len(vocab), width=8, heads=2, depth=1, max_length=8).double()
+    got = tdakit.LanguageModeling().measurement(lm(query.x), query.y)
+    log_probs = torch.log_softmax(lm(torch.tensor([ids[:5]])), -1)[0]
+    expected = sum(float(log_probs[t, ids[t + 1]]) for t in range(1, 5))  # sat | the cat, ..., mat | ... the
+    assert float(got[0]) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(errors.InputError, match="more than length"):
+        text.continuations(vocab, [("the cat sat on the mat", "on the mat")], length=6)
