@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint lab bench bench-extra clean cifar-data notebooks notebook-spread
+.PHONY: demo test lint lab bench bench-extra clean cifar-data text-data notebooks notebook-spread
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,19 +25,29 @@ cifar-data: $(STAMP)
 	@if [ -f "$(CIFAR_ARCHIVE)" ]; then $(BIN)/tdakit cifar10 --archive "$(CIFAR_ARCHIVE)"; \
 	else $(BIN)/tdakit cifar10 || echo "notebook 05 needs CIFAR-10: see docs/data.md"; fi
 
-test: lint cifar-data
+# SST-2 and WikiText-2 for notebook 06: the same, from their test archives.
+SST2_ARCHIVE ?= ../shared/data/sst2-tsv.tar.xz
+WIKITEXT_ARCHIVE ?= ../shared/data/wikitext2-valid-test.tar.xz
+
+text-data: $(STAMP)
+	@if [ -f "$(SST2_ARCHIVE)" ]; then $(BIN)/tdakit sst2 --archive "$(SST2_ARCHIVE)"; \
+	else $(BIN)/tdakit sst2 || echo "notebook 06 needs SST-2: see docs/data.md"; fi
+	@if [ -f "$(WIKITEXT_ARCHIVE)" ]; then $(BIN)/tdakit wikitext2 --archive "$(WIKITEXT_ARCHIVE)"; \
+	else $(BIN)/tdakit wikitext2 || echo "notebook 06 needs WikiText-2: see docs/data.md"; fi
+
+test: lint cifar-data text-data
 	$(BIN)/python -m pytest --nbval notebooks tests --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider --durations=10
 
 # Re-run every notebook top to bottom and store its outputs (docs/notebooks.md says when and how), with an empty
 # cache so that nothing computed earlier is reused. Cell metadata (the measured tolerances) is kept.
-notebooks: cifar-data
+notebooks: cifar-data text-data
 	TDAKIT_CACHE="$$(mktemp -d)" $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.timeout=3600 notebooks/[0-9][0-9]_*.ipynb
 
 # How far every printed notebook figure moves between float paths (BENCHMARKS.md "Notebooks across float paths"):
 # about 2 hours on 2 cores; run it after changing what a notebook prints.
 SPREAD ?= test-artifacts/notebook-spread
-notebook-spread: cifar-data
+notebook-spread: cifar-data text-data
 	for path in default compatible avx2 avx2-all one-thread; do \
 		$(BIN)/python benchmarks/notebook_spread.py run --path $$path --out $(SPREAD) || exit 1; done
 	$(BIN)/python benchmarks/notebook_spread.py report $(SPREAD)/*

@@ -265,3 +265,31 @@ def test_a_continuation_query_measures_log_p_of_the_continuation_given_the_promp
     assert float(got[0]) == pytest.approx(expected, rel=1e-12)
     with pytest.raises(errors.InputError, match="more than length"):
         text.continuations(vocab, [("the cat sat on the mat", "on the mat")], length=6)
+
+
+@pytest.mark.parametrize("kind", ["sentences", "passages"])
+def test_the_deletion_explorer_shows_text_rows_and_deletes_them(kind, sentences, passages):
+    from tdakit.experiment import Method
+    from tdakit.explore.whatif import WhatIf
+    from tdakit.widgets import DeletionExplorer
+
+    data = sentences if kind == "sentences" else passages
+    model = (TransformerClassifier(len(data.vocabulary), width=8, heads=2, depth=1, max_length=6)
+             if kind == "sentences" else CausalLM(len(data.vocabulary), width=8, heads=2, depth=1, max_length=6))
+    task = tdakit.Classification() if kind == "sentences" else tdakit.LanguageModeling()
+    run = tdakit.train(model, data.train, tdakit.Recipe(lr=0.1, epochs=2, batch_size=4), task, checkpoints=2,
+                       dtype=torch.float64, progress=False, cache=False)
+    ex = DeletionExplorer(WhatIf(run, data.query, {"grad dot": Method("grad_dot")}, seeds=1, cache=False), data, k=2,
+                          threaded=False)
+    assert ex.text and ex.units.unit == "nats" and ex.picker_image.value[:4] == b"\x89PNG"
+    query_words = data.texts(data.query.x)[1]
+    assert query_words in ex.query.options[1][0]
+    x, y = ex._picker.centres[1]
+    ex.click(x - 100, y + 1)  # anywhere on the line picks it
+    assert ex.query.value == 1
+    helpful, harmful = ex.blamed_points
+    shown = ex.points_view.value
+    assert query_words.split()[0] in shown and all(data.texts(data.train.x)[i].split()[0] in shown
+                                                   for i in helpful + harmful)
+    ex.delete(protocol="same")
+    assert ex.last.query == 1 and "nats" in ex.result.value

@@ -9,6 +9,7 @@ supersedes a running one, and repeated deletions come from ``WhatIf``'s cache.
 
 from __future__ import annotations
 
+import html
 import re
 
 import ipywidgets as W
@@ -40,6 +41,8 @@ class DeletionExplorer:
         run = whatif.run
         self.units = views.units_of(run.task, data)
         self.images = views.is_images(data, run.train)
+        self.text = views.is_text(data)
+        self._texts = {"train": data.texts(run.train.x), "query": data.texts(whatif.query.x)} if self.text else {}
         self.last: Trial | None = None
         self.blamed_points: tuple[list[int], list[int]] = ([], [])
         self._show = Background(threaded)
@@ -222,6 +225,11 @@ class DeletionExplorer:
     def _query_text(self, i: int) -> str:
         y = self.whatif.query.y[i]
         out = self._query_outputs[i]
+        if self.text:
+            sentence = self._texts["query"][i]
+            if isinstance(self.whatif.run.task, Classification):
+                return f"{i}: [{self._label(int(y))}, predicted {self._label(int(out.argmax()))}] {sentence}"
+            return f"{i}: {sentence}"
         if isinstance(self.whatif.run.task, Classification):
             return f"{i}: label {int(y)}, predicted {int(out.argmax())}"
         scaler = self.data.scaler if self.data is not None else None
@@ -229,10 +237,16 @@ class DeletionExplorer:
         unit = f" {scaler.unit}" if scaler and scaler.unit else ""
         return f"{i}: true {value(y):.1f}{unit}, predicted {value(out[0]):.1f}{unit}"
 
+    def _label(self, y: int) -> str:
+        names = self.data.class_names if self.data is not None else ()
+        return names[y] if y < len(names) else str(y)
+
     def _draw_picker(self) -> None:
         q = self.query.value
         query = self.whatif.query
-        if self.images:
+        if self.text:
+            self._picker = views.text_picker([self._query_text(i) for i in range(len(query))], q)
+        elif self.images:
             labels = [str(int(v)) for v in query.y]
             self._picker = views.grid_picker(views.as_float_images(query, self.data.image_shape), labels, q)
         else:
@@ -272,6 +286,16 @@ class DeletionExplorer:
             self.points_image.layout.display = None
             self.points_view.value = (f"<b>{m}</b>: the {len(helpful)} most helpful and most harmful training "
                                       f"images for query {q} (label in brackets)")
+        elif self.text:
+            labels = ([self._label(int(v)) for v in run.train.y] if isinstance(run.task, Classification)
+                      else None)
+            texts = self._texts["train"]
+            self.points_view.value = (
+                f"<div class='tdakit-query-text'><b>query {q}</b>: <span style='font-family:monospace'>"
+                f"{html.escape(self._texts['query'][q])}</span></div>"
+                + views.sentences_table(texts, labels, helpful, row, self.units,
+                                        f"{m}: most helpful for query {q} (deleting them is predicted to hurt it)")
+                + views.sentences_table(texts, labels, harmful, row, self.units, f"{m}: most harmful for query {q}"))
         else:
             self.points_view.value = (
                 views.points_table(self.data, run.train, helpful, row, self.units,

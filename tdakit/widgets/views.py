@@ -21,7 +21,7 @@ from torch import Tensor
 from .. import plots
 from ..datasets import Dataset, Split
 from ..errors import TdakitError
-from ..task import Classification, Regression, Task
+from ..task import Classification, LanguageModeling, Regression, Task
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Units:
 
 def units_of(task: Task, data: Dataset | None) -> Units:
     """The display units of a task's measurement on ``data`` (original units where a scaler is known)."""
-    if isinstance(task, Classification):
+    if isinstance(task, Classification | LanguageModeling):
         return Units(1.0, "nats")
     scaler = data.scaler if data is not None else None
     if isinstance(task, Regression) and scaler is not None:
@@ -61,6 +61,15 @@ def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def is_text(data: Dataset | None) -> bool:
+    return data is not None and data.vocabulary is not None
+
+
+def short(text: str, width: int) -> str:
+    """One line of at most ``width`` characters (an ellipsis where it was cut)."""
+    return text if len(text) <= width else text[:width - 1].rstrip() + "…"
 
 
 def is_images(data: Dataset | None, split: Split) -> bool:
@@ -152,6 +161,37 @@ def _box(cx: float, cy: float, w: float, h: float) -> Rectangle:
     return Rectangle((cx - w / 2 - 0.5, cy - h / 2 - 0.5), w, h, fill=False, edgecolor="tab:red", lw=2)
 
 
+def text_picker(lines: Sequence[str], selected: int | None = None, width: int = 95, per_column: int = 25) -> Picker:
+    """Queries as lines of text (a sentence with its label), in columns of ``per_column``; click one to pick it."""
+    q = len(lines)
+    columns = (q + per_column - 1) // per_column
+    rows = min(q, per_column)
+    with plots.style():
+        fig = new_figure(5.6 * columns, 0.17 * rows + 0.45)
+        ax = fig.add_subplot()
+        ax.set_xlim(0, columns)
+        ax.set_ylim(rows, 0)
+        centres_data = np.array([[i // per_column + 0.5, i % per_column + 0.5] for i in range(q)])
+        for i, line in enumerate(lines):
+            left = i // per_column + 0.02
+            ax.text(left, i % per_column + 0.5, short(line, width), ha="left", va="center", fontsize=6.5,
+                    family="monospace", color="tab:red" if i == selected else "k",
+                    weight="bold" if i == selected else "normal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        for side in ax.spines.values():
+            side.set_visible(False)
+        ax.set_title("Queries: click one to pick it", fontsize=9)
+        fig.canvas.draw()
+        centres = _pixels(fig, ax, centres_data)
+        png = to_png(fig)
+        line_height = float(fig.bbox.height) / (rows + 3)
+    # a click picks the line it falls on: the centres are far apart across, so the radius is the column's half width
+    return Picker(png, int(fig.bbox.width), int(fig.bbox.height), centres,
+                  radius=float(fig.bbox.width) / (2 * columns) + line_height)
+
+
 # -- the points a method blames --------------------------------------------------------------------------
 def points_table(data: Dataset | None, split: Split, points: Sequence[int], scores: Tensor, units: Units,
                  title: str) -> str:
@@ -169,6 +209,21 @@ def points_table(data: Dataset | None, split: Split, points: Sequence[int], scor
     for row, i in enumerate(points):
         cells = [str(i), *(_number(v) for v in x[row]), _number(y[row]), units.text(float(scores[i]), unit=False)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (f"<div class='tdakit-points'><b>{html.escape(title)}</b><table style='font-size:11px'>"
+            f"<tr>{head}</tr>{''.join(body)}</table></div>")
+
+
+def sentences_table(texts: Sequence[str], labels: Sequence[str] | None, points: Sequence[int], scores: Tensor,
+                    units: Units, title: str) -> str:
+    """HTML table of training sentences or passages: index, label (classification), the text, score."""
+    head = "".join(f"<th>{h}</th>" for h in ["point", *(["label"] if labels is not None else []), "text",
+                                            f"score ({html.escape(units.unit or 'units')})"])
+    body = []
+    for i in points:
+        cells = [str(i), *([html.escape(labels[i])] if labels is not None else []),
+                 f"<span style='font-family:monospace'>{html.escape(texts[i])}</span>",
+                 units.text(float(scores[i]), unit=False)]
+        body.append("<tr>" + "".join(f"<td style='text-align:left'>{c}</td>" for c in cells) + "</tr>")
     return (f"<div class='tdakit-points'><b>{html.escape(title)}</b><table style='font-size:11px'>"
             f"<tr>{head}</tr>{''.join(body)}</table></div>")
 
