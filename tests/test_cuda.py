@@ -56,3 +56,34 @@ def test_exact_unrolling_on_cuda_gives_the_cpu_numbers(small_regression):
     reference = scores["cpu", False]
     for key, value in scores.items():
         assert torch.allclose(value, reference, rtol=1e-8, atol=1e-10 * float(reference.abs().max())), key
+
+
+@pytest.mark.parametrize("language_model", [False, True])
+def test_a_transformer_on_cuda_gives_the_cpu_numbers(language_model):
+    from tdakit.curvature import Kronecker
+    from tdakit.text_models import CausalLM, TransformerClassifier
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 30, (24, 8), generator=g)
+    x[:, 6:] = 0  # padding
+    if language_model:
+        data, query = tdakit.Split(x, torch.roll(x, -1, 1)), tdakit.Split(x[:3], torch.roll(x[:3], -1, 1))
+        task, curvature = tdakit.LanguageModeling(), Kronecker(fisher="true", exclude=["encoder.tokens",
+                                                                                         "encoder.positions"])
+    else:
+        y = (x[:, 0] > 15).long()
+        data, query = tdakit.Split(x, y), tdakit.Split(x[:3], y[:3])
+        task, curvature = tdakit.Classification(), "ggn"
+    out = {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model = (CausalLM(30, width=8, heads=2, depth=1, max_length=8) if language_model
+                 else TransformerClassifier(30, width=8, heads=2, depth=1, max_length=8))
+        run = tdakit.train(model, data.to(device=device), tdakit.Recipe(lr=0.1, epochs=2, batch_size=6), task,
+                           checkpoints=2, dtype=torch.float64, progress=False, cache=False)
+        q = query.to(device=device)
+        out[device] = [run.final.cpu(), tdakit.attribute(run, q, "source", curvature=curvature, segments=2,
+                                                         progress=False).values.cpu(),
+                       tdakit.attribute(run, q, "unrolled", progress=False).values.cpu()]
+    for a, b in zip(out["cpu"], out["cuda"], strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-8 * float(a.abs().max()))

@@ -293,3 +293,27 @@ def test_the_deletion_explorer_shows_text_rows_and_deletes_them(kind, sentences,
                                                    for i in helpful + harmful)
     ex.delete(protocol="same")
     assert ex.last.query == 1 and "nats" in ex.result.value
+
+
+def test_the_text_gpu_check_runs_at_tiny_sizes_on_a_cpu(tmp_path):
+    """benchmarks/gpu_text.py --tiny: every phase of the GPU check, on a CPU, from an archive."""
+    import json
+    import os
+
+    folder = tmp_path / "made" / "wikitext-2"
+    folder.mkdir(parents=True)
+    words = "the cat sat on the mat and the dog ran to the park with a ball ."
+    for name, repeats in (("valid.txt", 300), ("test.txt", 40)):
+        (folder / name).write_text("".join(f" {words} \n" for _ in range(repeats)))
+    archive = tmp_path / "wt.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(folder, arcname="wikitext-2")
+    out = tmp_path / "report.json"
+    benchmarks = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+    got = subprocess.run([sys.executable, "gpu_text.py", "--archive", str(archive), "--tiny", "--out", str(out)],
+                         cwd=benchmarks, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert got.returncode == 0, got.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["passages"] == 200 and report["steps"] > 0
+    assert {"train", "EK-FAC fit (sampled Fisher)", "influence", "SOURCE (L=3)"} <= set(report["phases"])
+    assert all(-1 <= v <= 1 for v in report["lds"].values())
