@@ -93,7 +93,7 @@ class Spectrum:
     semi-definite). reference: scores [Q, N] (or Scores) to agree with, normally exact unrolling.
     keep_gradients: hold every checkpoint's per-example gradients [N, P] so that a new setting costs a few
     matrix products (default: when they fit ``GRADIENT_BUDGET`` elements); otherwise they are recomputed
-    for every new setting."""
+    for every new setting. refine: the settings of ``refinement`` (default: 100 iterations, every 10th kept)."""
 
     def __init__(self, run: Run, query: Split, curvature: curv.CurvatureSpec = "ggn", truth: GroundTruth | None = None,
                  reference: Scores | Tensor | None = None, progress: bool = False, keep_gradients: bool | None = None,
