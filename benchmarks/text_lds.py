@@ -5,6 +5,7 @@
     python benchmarks/text_lds.py sst2 --subsets 50 --seeds 2
     python benchmarks/text_lds.py wikitext2 --subsets 50 --seeds 2
     python benchmarks/text_lds.py sst2 --speed-only                   # tokens per second against length
+    python benchmarks/text_lds.py sst2 --epochs 2 --no-unrolling      # not converged
 
 The preset's run (accuracy or test loss printed), every method of the preset plus exact unrolling, gradient
 similarities and representation similarity, judged against a fresh-seed ground truth (M half subsets x R seeds,
@@ -75,11 +76,15 @@ def main() -> None:
     parser.add_argument("--subsets", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument("--epochs", type=int, default=None, help="train this many epochs instead (not converged)")
+    parser.add_argument("--no-unrolling", action="store_true", help="leave exact unrolling out (long runs)")
     args = parser.parse_args()
     torch.manual_seed(0)
     setting = preset(args.setting)
+    if args.epochs is not None:
+        setting = dataclasses.replace(setting, recipe=dataclasses.replace(setting.recipe, epochs=args.epochs))
     data = setting.data()
-    out: dict = {"setting": args.setting, "description": setting.description}
+    out: dict = {"setting": args.setting, "description": setting.description, "epochs": setting.recipe.epochs}
     if not args.speed_only:
         start = time.perf_counter()
         run = setting.train(data, progress=False)
@@ -90,8 +95,9 @@ def main() -> None:
                                    progress=False)
         print(f"ground truth M = {args.subsets}, R = {args.seeds}: {reliability(truth)} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
-        methods = {"exact unrolling": Method("unrolled"), **setting.methods(), "grad dot": Method("grad_dot"),
-                   "grad cos": Method("grad_cos"), "representation": Method("representation")}
+        methods = {**({} if args.no_unrolling else {"exact unrolling": Method("unrolled")}), **setting.methods(),
+                   "grad dot": Method("grad_dot"), "grad cos": Method("grad_cos"),
+                   "representation": Method("representation")}
         table = run_experiment(run, data.query, methods, truth, baseline="influence",
                                title=f"{args.setting}, fresh seeds, halves", progress=False)
         print(table, flush=True)
@@ -100,7 +106,8 @@ def main() -> None:
           "token-query products/s |\n|---|---|---|---|---|---|", flush=True)
     out["speed"] = speed(setting, data)
     OUT.mkdir(exist_ok=True)
-    (OUT / f"text_{args.setting}.json").write_text(json.dumps(out, indent=1, default=str))
+    suffix = f"_epochs{args.epochs}" if args.epochs is not None else ""
+    (OUT / f"text_{args.setting}{suffix}.json").write_text(json.dumps(out, indent=1, default=str))
 
 
 if __name__ == "__main__":
