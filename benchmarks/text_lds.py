@@ -6,6 +6,7 @@
     python benchmarks/text_lds.py wikitext2 --subsets 50 --seeds 2
     python benchmarks/text_lds.py sst2 --speed-only                   # tokens per second against length
     python benchmarks/text_lds.py sst2 --epochs 2 --no-unrolling      # not converged
+    python benchmarks/text_lds.py sst2 --stages --subsets 30 --seeds 1  # two stages: fine-tuning on new phrases
 
 The preset's run (accuracy or test loss printed), every method of the preset plus exact unrolling, gradient
 similarities and representation similarity, judged against a fresh-seed ground truth (M half subsets x R seeds,
@@ -70,6 +71,32 @@ def speed(setting, data, lengths=(8, 16, 32)) -> list[dict]:
     return rows
 
 
+def two_stages(setting, data, subsets: int, seeds: int) -> dict:
+    """A pipeline on text: the training phrases in two disjoint class-balanced halves, the second trained from the
+    first's final parameters (a fine-tuning stage at a tenth of the rate). Judged on the first stage's phrases,
+    whose effect the second stage partly overwrites (the setting where SOURCE should beat the final-parameter
+    influence function)."""
+    half = len(data.train) // 2
+    first, second = tdakit.datasets.balanced_parts(data.train, (half, half))
+    fine = dataclasses.replace(setting.recipe, lr=setting.recipe.lr / 10, seed=1)
+    stages = [tdakit.Stage(first, setting.recipe, name="first half"), tdakit.Stage(second, fine, name="fine-tuning")]
+    staged = tdakit.train_stages(setting.model(len(data.vocabulary)), stages, setting.task, progress=False)
+    start = time.perf_counter()
+    truth = tdakit.groundtruth_stages(staged, data.query, 0, subsets=subsets, fraction=0.5, seeds=seeds,
+                                      progress=False)
+    judged = reliability(truth) if seeds > 1 else "one seed: reliability not measured"
+    print(f"two stages: ground truth of the first stage's phrases M = {subsets}, R = {seeds}: {judged} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    methods = {"SOURCE (L=3 per stage)": Method("source", segments=3, curvature=setting.curvature),
+               "influence (final parameters, pooled data)": Method("influence", curvature=setting.curvature),
+               "TracIn": Method("tracin")}
+    table = run_experiment(staged, data.query, methods, truth, stage=0,
+                           baseline="influence (final parameters, pooled data)",
+                           title="two stages, the first stage's phrases", progress=False)
+    print(table, flush=True)
+    return table.as_dict()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("setting", choices=["sst2", "wikitext2"])
@@ -78,6 +105,7 @@ def main() -> None:
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--epochs", type=int, default=None, help="train this many epochs instead (not converged)")
     parser.add_argument("--no-unrolling", action="store_true", help="leave exact unrolling out (long runs)")
+    parser.add_argument("--stages", action="store_true", help="the two-stage pipeline instead (two_stages)")
     args = parser.parse_args()
     torch.manual_seed(0)
     setting = preset(args.setting)
@@ -85,6 +113,11 @@ def main() -> None:
         setting = dataclasses.replace(setting, recipe=dataclasses.replace(setting.recipe, epochs=args.epochs))
     data = setting.data()
     out: dict = {"setting": args.setting, "description": setting.description, "epochs": setting.recipe.epochs}
+    if args.stages:
+        out["two_stages"] = two_stages(setting, data, args.subsets, args.seeds)
+        OUT.mkdir(exist_ok=True)
+        (OUT / f"text_{args.setting}_stages.json").write_text(json.dumps(out, indent=1, default=str))
+        return
     if not args.speed_only:
         start = time.perf_counter()
         run = setting.train(data, progress=False)
