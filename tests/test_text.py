@@ -317,3 +317,33 @@ def test_the_text_gpu_check_runs_at_tiny_sizes_on_a_cpu(tmp_path):
     assert report["passages"] == 200 and report["steps"] > 0
     assert {"train", "EK-FAC fit (sampled Fisher)", "influence", "SOURCE (L=3)"} <= set(report["phases"])
     assert all(-1 <= v <= 1 for v in report["lds"].values())
+
+
+def test_download_unpacks_the_official_layouts_when_asked(tmp_path, monkeypatch):
+    """download=True: GLUE's SST-2.zip (sentence<TAB>label) and WikiText-2's zip (wiki.*.tokens), made here and
+    handed over in place of the network."""
+    import zipfile
+
+    glue = write_sst2(tmp_path / "made" / "SST-2", header=("sentence", "label"))
+    wiki = tmp_path / "made" / "wikitext-2"
+    write_wikitext(wiki)
+    zips = {}
+    for name, folder, files in (("sst2", glue, {"train.tsv": "train.tsv", "dev.tsv": "dev.tsv"}),
+                                ("wikitext-2", wiki, {"valid.txt": "wiki.valid.tokens",
+                                                      "test.txt": "wiki.test.tokens"})):
+        zips[name] = tmp_path / f"{name}.zip"
+        with zipfile.ZipFile(zips[name], "w") as z:
+            for ours, theirs in files.items():
+                z.write(folder / ours, f"{folder.name}/{theirs}")
+
+    def fake_download(url, target):
+        import shutil
+        shutil.copy(zips["sst2" if "SST" in url else "wikitext-2"], target)
+
+    monkeypatch.setattr(text.urllib.request, "urlretrieve", fake_download)
+    root = tmp_path / "data"
+    sst2 = tdakit.datasets.sst2_folder(root, n_train=8, n_query=4, length=5, download=True)
+    assert sst2.train.y.sum() == 4 and (root / "sst2" / "dev.tsv").is_file()
+    wikitext = tdakit.datasets.wikitext2_folder(root, length=6, n_query=2, download=True)
+    assert wikitext.train.x.shape[1] == 6 and (root / "wikitext-2" / "valid.txt").is_file()
+    assert not [p for p in root.iterdir() if p.name not in ("sst2", "wikitext-2")]  # nothing half-written left
