@@ -45,7 +45,8 @@ class Refine:
     """Settings of the refined solve (``refine=Refine(...)``, or ``refine=K`` for K iterations and the rest as
     here). iterations: 0 keeps the Kronecker answer. batch: training examples per Gauss-Newton product. step and
     momentum: the preconditioned heavy-ball iteration (see the module docstring); halve_every: iterations between
-    halvings of the step. seed: of the minibatches."""
+    halvings of the step. seed: of the minibatches. record: iterations t whose answers (what ``refine=t`` returns)
+    the scores also report, as ``Scores.diagnostics["by_iteration"][t]`` [Q, N], from one more pass of products."""
 
     iterations: int = 200
     batch: int = 256
