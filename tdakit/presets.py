@@ -28,7 +28,7 @@ everywhere (docs/experiments.md lists them). ``preset("concrete").train()`` trai
   momentum 0.9, a triangular rate peaking at 0.1, weight decay 1e-4, batch 32, 20 epochs; EK-FAC with the
   embeddings left out; the margin in nats.
 - wikitext2: WikiText-2 from a local folder: 1,000 passages of 32 tokens from valid.txt (test.txt for queries);
-  a one-block causal language model (width 32, 2,000 words); peak rate 1.0, 10 epochs; EK-FAC with the
+  a one-block causal language model (width 32, 2,000 words); peak rate 0.5, 10 epochs; EK-FAC with the
   sampled Fisher, the embeddings left out; the passage's log-probability in nats.
 """
 
@@ -283,7 +283,7 @@ PRESETS: dict[str, Preset | StagedPreset | TextPreset] = {
                     "one-block Transformer of width 32 (3,000-word vocabulary, 32 tokens), 3,140 steps"),
     "wikitext2": TextPreset(
         "wikitext2", "wikitext2", LanguageModeling(),
-        Recipe(lr=1.0, epochs=10, batch_size=32, momentum=0.9, weight_decay=1e-4, schedule="cyclic", warmup=0.2),
+        Recipe(lr=0.5, epochs=10, batch_size=32, momentum=0.9, weight_decay=1e-4, schedule="cyclic", warmup=0.2),
         n_train=1000, length=32, width=32, heads=2, depth=1, vocab_size=2000, n_query=50,
         description="WikiText-2 (local folder): 1,000 passages of 32 tokens from valid.txt, 50 from test.txt, a "
                     "one-block causal language model of width 32 (2,000-word vocabulary), 320 steps"),
