@@ -259,8 +259,9 @@ def test_a_continuation_query_measures_log_p_of_the_continuation_given_the_promp
     assert query.x[0, :5].tolist() == ids[:5] and query.x[0, 5:].tolist() == [0, 0, 0]
     assert query.y[0].tolist() == [IGNORE] + ids[2:] + [IGNORE] * 3
     lm = CausalLM(len(vocab), width=8, heads=2, depth=1, max_length=8).double()
-    got = tdakit.LanguageModeling().measurement(lm(query.x), query.y)
-    log_probs = torch.log_softmax(lm(torch.tensor([ids[:5]])), -1)[0]
+    with torch.no_grad():
+        got = tdakit.LanguageModeling().measurement(lm(query.x), query.y)
+        log_probs = torch.log_softmax(lm(torch.tensor([ids[:5]])), -1)[0]
     expected = sum(float(log_probs[t, ids[t + 1]]) for t in range(1, 5))  # sat | the cat, ..., mat | ... the
     assert float(got[0]) == pytest.approx(expected, rel=1e-12)
     with pytest.raises(errors.InputError, match="more than length"):

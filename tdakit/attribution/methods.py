@@ -234,9 +234,8 @@ def with_iterates(plans: Sequence[Plan], iterate_values: Sequence[Tensor], dtype
     values = iter(iterate_values)
     out = []
     for plan in plans:
-        extra = iterates_plan(plan)
         diagnostics = dict(plan.diagnostics)
-        if extra is not None:
+        if plan.terms and plan.terms[0].iterates:  # the plans iterates_plan made a plan of, in order
             diagnostics["by_iteration"] = {k: v.to(dtype) for k, v in split_iterates(plan, next(values)).items()}
         out.append(diagnostics)
     return out

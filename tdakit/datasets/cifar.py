@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DataNotFoundError
+from .core import unpack_tar
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -87,19 +88,16 @@ def unpack(archive: str | Path, root: str | Path) -> Path:
         return find(root)
     except DataNotFoundError:
         pass
-    archive = Path(archive).expanduser()
-    if not archive.is_file():
-        raise DataNotFoundError(f"archive {archive} not found")
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+
+    def place(unpacked: Path) -> None:
         try:
-            found = find(tmp)
+            found = find(unpacked)
         except DataNotFoundError as err:
             raise DataNotFoundError(f"{archive} holds no CIFAR-10 layout: {err}") from err
         for entry in ([found] if found.name == PICKLE_FOLDER else [found / "train", found / "test"]):
             os.replace(entry, root / entry.name)
+
+    unpack_tar(archive, root, place)
     return find(root)
 
 

@@ -4,6 +4,9 @@ and test splits with what is known about units and pixels) and ``Scaler`` (stand
 from __future__ import annotations
 
 import os
+import tarfile
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import store
-from ..errors import InputError, SettingError
+from ..errors import DataNotFoundError, InputError, SettingError
 
 
 def as_tensor(value, name: str) -> Tensor:
@@ -157,6 +160,23 @@ class Dataset:
         mean = torch.tensor([s.mean for s in self.channel_scalers], dtype=torch.float32)
         std = torch.tensor([s.std for s in self.channel_scalers], dtype=torch.float32)
         return (x.float().cpu().movedim(1, -1) * std + mean).clamp(0, 1)
+
+
+def unpack_tar(archive: str | Path, root: Path, place: Callable[[Path], None]) -> None:
+    """Extract a tar archive into a temporary folder inside ``root`` and let ``place(folder)`` move what it needs
+    into ``root``; the rest goes with the temporary folder, so an interruption leaves nothing that looks like data.
+    Errors name the archive when it is missing or not a tar archive."""
+    archive = Path(archive).expanduser()
+    if not archive.is_file():
+        raise DataNotFoundError(f"archive {archive} not found")
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except tarfile.TarError as err:
+            raise DataNotFoundError(f"{archive} is not a tar archive ({err})") from err
+        place(Path(tmp))
 
 
 def data_root() -> Path:

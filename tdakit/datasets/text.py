@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tarfile
 import tempfile
 import urllib.request
 from collections import Counter
@@ -33,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataNotFoundError, InputError, SettingError
-from .core import Dataset, Split, data_root
+from .core import Dataset, Split, data_root, unpack_tar
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 SPECIALS = (PAD, UNK, EOS)
@@ -283,17 +282,7 @@ def install(archive: str | Path, root: str | Path | None, name: str) -> Path:
         return find(root, name)
     except DataNotFoundError:
         pass
-    archive = Path(archive).expanduser()
-    if not archive.is_file():
-        raise DataNotFoundError(f"archive {archive} not found")
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")
-        except tarfile.TarError as err:
-            raise DataNotFoundError(f"{archive} is not a tar archive ({err})") from err
-        _move_layout(Path(tmp), root, name, str(archive))
+    unpack_tar(archive, root, lambda unpacked: _move_layout(unpacked, root, name, str(archive)))
     return find(root, name)
 
 
