@@ -13,8 +13,11 @@ score products (attribution/products.py) and TRAK's projections all read layers 
     inputs, grads = gradient_factors(model, task, theta, data, "empirical", slots)  # a [n, T, in], d [K, n, T, out]
 
 A layer qualifies only when its own forward call is the only use of its weight (``outside_uses``): tied weights,
-a weight read by another module (a tied decoder, nn.MultiheadAttention's out_proj) or a layer never called are
-left to torch.func by the score products and refused, with the fix, by the Kronecker backends.
+a weight read by another module (a tied decoder) or a layer never called are left to torch.func by the score
+products and refused, with the fix, by the Kronecker backends. nn.MultiheadAttention called as self-attention
+gives two layers: its packed in-projection (``in_proj_weight`` [3E, E], named after the attention module) and
+``out_proj``. Its own code applies both inside one call, so ``tap`` computes them itself, around the module, and
+hands the module identity projections in their place (``_AttentionTap``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ Fisher = Literal["ggn", "true", "empirical"]  # which output directions gradient
 FISHERS: tuple[str, ...] = typing.get_args(Fisher)
 # per model: {(input shape, dtype): what outside_uses found}; entries go with their model
 _probes: weakref.WeakKeyDictionary[FlatModel, dict[tuple, dict[str, set[str]]]] = weakref.WeakKeyDictionary()
+CROSS = "a call with different query, key and value"  # outside_uses' place for a non-self-attention call
 
 
 def inputs_of(model: FlatModel, layer: str, theta: Tensor, x: Tensor) -> Tensor:
@@ -68,7 +72,8 @@ def outside_uses(model: FlatModel, x: Tensor) -> dict[str, set[str]]:
     whose weight its parent reads instead of calling it (``nn.MultiheadAttention``'s ``out_proj``), and for a
     layer never called. One forward pass on the first example of x records which module's call every
     operation on a parameter ran inside (a TorchFunctionMode); it is run once per input shape and dtype.
-    A parameter never used at all is reported with the place "nowhere"."""
+    A parameter never used at all is reported with the place "nowhere"; an nn.MultiheadAttention called with
+    different query, key and value (cross-attention) has its ``in_proj_weight`` reported with the place ``CROSS``."""
     key = (tuple(x.shape[1:]), x.dtype)
     probes = _probes.setdefault(model, {})
     if key not in probes:
@@ -87,7 +92,9 @@ def factored(model: FlatModel, exclude: Sequence[str] = (), strict: bool = True,
     Normalisation layers (BatchNorm, LayerNorm) are always excluded, and so is the running-statistics state:
     their score contributions are 0 in every Kronecker-based method (docs/conventions.md). strict=True raises a
     ModelError naming any other layer with parameters that cannot be factored and is not excluded;
-    strict=False excludes such layers instead (and allows a model with no factorable layer)."""
+    strict=False excludes such layers instead (and allows a model with no factorable layer).
+    nn.MultiheadAttention (same embedding size for query, key and value, no bias_k/bias_v, called as
+    self-attention) gives two slots: its in-projection, named after the module, and its ``out_proj``."""
     exclude = set(exclude)
     named = dict(model.network.named_modules())
     with_params = [n for n, m in named.items() if list(m.parameters(recurse=False))]
@@ -109,22 +116,34 @@ def factored(model: FlatModel, exclude: Sequence[str] = (), strict: bool = True,
                 or isinstance(module, nn.LayerNorm):
             excluded += list(full.values())
             continue
-        why = _not_factorable(name, module, owners, {p: outside.get(f"{name}.{p}" if name else p) for p in own})
+        used = {p: outside.get(f"{name}.{p}" if name else p) for p in own}
+        parent = name.rpartition(".")[0]
+        in_attention = isinstance(named.get(parent), nn.MultiheadAttention) and named[parent].out_proj is module
+        if in_attention:  # nn.MultiheadAttention reads out_proj's weight inside its own call: tap computes it
+            used = {p: (places or set()) - {parent or "the model's own forward"} for p, places in used.items()}
+        why = _not_factorable(name, module, owners, used)
         if why is not None:
             problems.append(why)
             excluded += list(full.values())
             continue
+        if isinstance(module, nn.MultiheadAttention):
+            weight, bias = module.in_proj_weight, module.in_proj_bias
+            slots.append(LayerSlot(name, module, full["in_proj_weight"], full.get("in_proj_bias"),
+                                   weight.shape[0], weight.shape[1] + (bias is not None), "attention_in"))
+            continue
         out_dim = module.weight.shape[0]
         in_dim = module.weight[0].numel() + (module.bias is not None)
-        slots.append(LayerSlot(name, module, full["weight"], full.get("bias"), out_dim, in_dim))
+        slots.append(LayerSlot(name, module, full["weight"], full.get("bias"), out_dim, in_dim,
+                               "attention_out" if in_attention else "layer"))
     if strict and problems and slots:  # leaving the layer out works: other layers remain to factor
         reason, names = problems[0]
         raise ModelError(f"{reason} {_exclusion_fix(names)}")
     if strict and not slots:
         reasons = " ".join(reason for reason, _ in problems)
-        raise ModelError(f"{reasons + ' ' if reasons else ''}The model has no nn.Linear or nn.Conv2d layer "
-                         f"{'left ' if problems or exclude else ''}to factor, which Kronecker curvatures (K-FAC, "
-                         "EK-FAC) and TRAK need: use a dense curvature (curvature='ggn', or 'auto') with influence "
+        left = "left " if problems or exclude else ""
+        raise ModelError(f"{reasons + ' ' if reasons else ''}The model has no nn.Linear, nn.Conv2d or "
+                         f"self-attention layer {left}to factor, which Kronecker curvatures (K-FAC, EK-FAC) and TRAK "
+                         "need: use a dense curvature (curvature='ggn', or 'auto') with influence "
                          "and SOURCE")
     if model.num_state:
         excluded.append(model.state_slice)
@@ -156,7 +175,8 @@ def tap(model: FlatModel, theta: Tensor, x: Tensor,
     output (so ``ReLU(inplace=True)`` or ``out += residual`` change the copy, not the tensor we
     differentiate with respect to) and keeps a copy of its input. A layer called several times in one
     pass (a reused block) has every call recorded; its positions are concatenated along T, so that
-    sum_t d_t a_t^T is the layer's whole gradient."""
+    sum_t d_t a_t^T is the layer's whole gradient. nn.MultiheadAttention's projections are computed here,
+    around the module (``_AttentionTap``)."""
     records: dict[str, list[tuple[Tensor, Tensor]]] = {s.name: [] for s in slots}
 
     def hook(slot):
@@ -165,20 +185,94 @@ def tap(model: FlatModel, theta: Tensor, x: Tensor,
             return output.clone()
         return record
 
-    handles = [model.network.get_submodule(s.name).register_forward_hook(hook(s)) for s in slots]
-    try:
-        with torch.enable_grad():
-            theta = theta.detach().requires_grad_(True)
-            outputs = model.call(model.network, model.unflatten(theta), x)
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.enable_grad():
+        theta = theta.detach().requires_grad_(True)
+        values = model.unflatten(theta)
+        attention = _AttentionTap(model, values, slots, records)
+        handles = [model.network.get_submodule(s.name).register_forward_hook(hook(s)) for s in slots
+                   if s.kind == "layer"] + attention.handles
+        try:
+            outputs = model.call(model.network, attention.values, x)
+        finally:
+            for h in handles:
+                h.remove()
     for s in slots:
         if not records[s.name]:
             raise ModelError(f"layer {s.name!r} was not called in the forward pass; exclude it")
+        rows = {a.shape[0] for a, _ in records[s.name]}
+        if rows != {x.shape[0]}:
+            raise ModelError(f"layer {s.name!r} received inputs whose first dimension is {sorted(rows)}, not the "
+                             f"batch's {x.shape[0]}: per-example gradients from hooks and Kronecker factors need "
+                             "every layer to see the examples along its first dimension (batch_first=True for "
+                             "transformer layers). Otherwise use gradients='vmap' and a dense curvature "
+                             "(curvature='ggn')")
     inputs = [torch.cat([s.inputs(a) for a, _ in records[s.name]], 1) for s in slots]
     layer_outputs = [[out for _, out in records[s.name]] for s in slots]
     return outputs, inputs, layer_outputs
+
+
+class _AttentionTap:
+    """nn.MultiheadAttention applies its in- and out-projections inside one call, where no hook reaches. For the
+    attention slots, tap computes them itself: a forward pre-hook projects the query x [n, L, E] to
+    P = x W_in^T + b_in [n, L, 3E] and passes P's three parts as query, key and value; a forward hook applies
+    W_out to the module's output. Meanwhile the module is handed identity projections with zero biases, which
+    return their inputs exactly (products with 1 and 0), so the attention in between computes what it always
+    does. ``values`` is the parameter dict to call the model with."""
+
+    def __init__(self, model: FlatModel, values: dict[str, Tensor], slots: Sequence[LayerSlot],
+                 records: dict[str, list[tuple[Tensor, Tensor]]]):
+        self.values, self.handles, self.records = dict(values), [], records
+        for slot in slots:
+            if slot.kind == "attention_in":
+                module, prefix = slot.module, f"{slot.name}." if slot.name else ""
+                names = (f"{prefix}in_proj_weight", f"{prefix}in_proj_bias" if module.in_proj_bias is not None
+                         else None)
+                self.handles.append(module.register_forward_pre_hook(self._project_in(slot, *self._swap(*names)),
+                                                                     with_kwargs=True))
+            elif slot.kind == "attention_out":
+                owner = slot.name.rpartition(".")[0]
+                module = model.network.get_submodule(owner)
+                names = (f"{slot.name}.weight", f"{slot.name}.bias" if slot.bias is not None else None)
+                self.handles.append(module.register_forward_hook(self._project_out(slot, module.batch_first,
+                                                                                   *self._swap(*names))))
+
+    def _swap(self, weight: str, bias: str | None) -> tuple[Tensor, Tensor | None]:
+        """Hand the module identity blocks [out, in] (and a zero bias) for these; return the real ones."""
+        real_weight, real_bias = self.values[weight], self.values[bias] if bias is not None else None
+        out, width = real_weight.shape
+        self.values[weight] = torch.eye(width, dtype=real_weight.dtype, device=real_weight.device).repeat(
+            out // width, 1)
+        if bias is not None:
+            self.values[bias] = torch.zeros_like(real_bias, requires_grad=False)
+        return real_weight, real_bias
+
+    def _project_in(self, slot: LayerSlot, weight: Tensor, bias: Tensor | None):
+        def before(module, args, kwargs):
+            query, key, value = _query_key_value(args, kwargs)
+            if not (query is key and key is value) or query.dim() != 3:
+                fix = _exclusion_fix([slot.name])
+                raise ModelError(f"layer {slot.name!r} (nn.MultiheadAttention) is called with different query, key "
+                                 "and value, or without a batch dimension: its packed in-projection has a "
+                                 f"Kronecker-factored form for batched self-attention only. {fix}")
+            x = query if module.batch_first else query.transpose(0, 1)  # [n, L, E]
+            projected = F.linear(x, weight, bias)
+            self.records[slot.name].append((x.detach().clone(), projected))
+            projected = projected.clone() if module.batch_first else projected.clone().transpose(0, 1)
+            parts = projected.chunk(3, -1)
+            named = dict(zip(("query", "key", "value"), args, strict=False)) | kwargs
+            named.update(zip(("query", "key", "value"), parts, strict=True))
+            return (), named
+        return before
+
+    def _project_out(self, slot: LayerSlot, batch_first: bool, weight: Tensor, bias: Tensor | None):
+        def after(_module, _args, output):
+            mixed, attention_weights = output
+            a = mixed if batch_first else mixed.transpose(0, 1)  # [n, L, E]: what out_proj receives
+            projected = F.linear(a, weight, bias)
+            self.records[slot.name].append((a.detach().clone(), projected))
+            projected = projected.clone() if batch_first else projected.clone().transpose(0, 1)
+            return projected, attention_weights
+        return after
 
 
 def _exclusion_fix(names: list[str]) -> str:
@@ -199,6 +293,9 @@ def _not_factorable(name: str, module: nn.Module, owners: dict[int, list[str]],
             return (f"layer {label!r} shares its parameter {p_name!r} with layer {others[0]!r} (tied weights): "
                     "Kronecker factors need each weight in one layer.", [name, *others])
         places = used_outside.get(p_name)
+        if places == {CROSS}:
+            return (f"layer {label!r} (nn.MultiheadAttention) is called with different query, key and value: its "
+                    "packed in-projection has a Kronecker-factored form for self-attention only.", [name])
         if places == {"nowhere"}:
             return f"layer {label!r} is never called in the forward pass.", [name]
         if places:
@@ -208,8 +305,11 @@ def _not_factorable(name: str, module: nn.Module, owners: dict[int, list[str]],
         if isinstance(module, nn.Conv2d):
             return (f"layer {label!r}: K-FAC supports Conv2d with groups=1, numeric padding and padding_mode="
                     "'zeros'.", [name])
+        if isinstance(module, nn.MultiheadAttention):
+            return (f"layer {label!r}: K-FAC supports nn.MultiheadAttention with one embedding size for query, key "
+                    "and value (kdim = vdim = embed_dim) and add_bias_kv=False.", [name])
         return (f"layer {label!r} ({type(module).__name__}) has parameters but no Kronecker-factored form "
-                "(K-FAC/EK-FAC support nn.Linear and nn.Conv2d).", [name])
+                "(K-FAC/EK-FAC support nn.Linear, nn.Conv2d and self-attention).", [name])
     return None
 
 
@@ -253,9 +353,20 @@ def _probe_uses(network: nn.Module, x: Tensor) -> dict[str, set[str]]:
     def left(_module, _inputs, _output) -> None:  # returns None: the output is left as it is
         stack.pop()
 
+    cross: set[str] = set()
+
+    def attention_call(name: str):
+        def hook(_module, args, kwargs) -> None:
+            query, key, value = _query_key_value(args, kwargs)
+            if not (query is key and key is value):
+                cross.add(name)
+        return hook
+
     for name, module in network.named_modules():
         handles.append(module.register_forward_pre_hook(entered(name)))
         handles.append(module.register_forward_hook(left, always_call=True))
+        if isinstance(module, nn.MultiheadAttention):
+            handles.append(module.register_forward_pre_hook(attention_call(name), with_kwargs=True))
     first = next(network.parameters(), None)
     if first is not None:
         x = x.to(first.device, first.dtype if x.is_floating_point() else x.dtype)
@@ -273,17 +384,33 @@ def _probe_uses(network: nn.Module, x: Tensor) -> dict[str, set[str]]:
             found[name] = {"nowhere"}
         elif primary in recorder.outside:
             found[name] = recorder.outside[primary]
+    for name in cross:
+        found[f"{name}.in_proj_weight" if name else "in_proj_weight"] = {CROSS}
     return found
 
 
-SUPPORTED = (nn.Linear, nn.Conv2d)
+def _query_key_value(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor]:
+    """nn.MultiheadAttention.forward's query, key and value, however they were passed."""
+    named = dict(zip(("query", "key", "value"), args, strict=False)) | kwargs
+    return named["query"], named["key"], named["value"]
+
+
+SUPPORTED = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
 
 
 def factorable(module: nn.Module) -> bool:
-    """Whether a layer's gradient is sum_t d_t a_t^T over positions (LayerSlot's form)."""
+    """Whether a layer's gradient is sum_t d_t a_t^T over positions (LayerSlot's form); for nn.MultiheadAttention,
+    its in-projection's (when called as self-attention, which ``outside_uses`` probes)."""
     if isinstance(module, nn.Conv2d):
         return module.groups == 1 and not isinstance(module.padding, str) and module.padding_mode == "zeros"
+    if isinstance(module, nn.MultiheadAttention):
+        return _self_attention(module)
     return isinstance(module, SUPPORTED)
+
+
+def _self_attention(module: nn.Module | None) -> bool:
+    """An nn.MultiheadAttention whose projections tap can compute: one packed in-projection, no bias_k/bias_v."""
+    return isinstance(module, nn.MultiheadAttention) and module._qkv_same_embed_dim and module.bias_k is None
 
 
 @dataclass(frozen=True)
@@ -298,6 +425,7 @@ class LayerSlot:
     bias: slice | None
     out_dim: int
     in_dim: int  # columns of the layer matrix, the bias column included
+    kind: Literal["layer", "attention_in", "attention_out"] = "layer"  # how tap reads it: a hook, or _AttentionTap
 
     def matrix(self, v: Tensor) -> Tensor:
         """v [..., P] -> this layer's block as a matrix [..., out, in]."""

@@ -60,13 +60,36 @@ class Attention(nn.Module):
         return self.head(out.mean(1))
 
 
+class SequenceFirstAttention(Attention):
+    """Attention with nn.MultiheadAttention's default layout, [L, n, E] (batch_first=False)."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.embed(x.reshape(x.shape[0], 3, 5))).transpose(0, 1)
+        out, _ = self.attn(h, h, h, need_weights=False)
+        return self.head(out.mean(0))
+
+
+class CrossAttention(Attention):
+    """Attention whose keys and values are not its queries: the packed in-projection has no Kronecker form."""
+
+    def forward(self, x):
+        h = torch.tanh(self.embed(x.reshape(x.shape[0], 3, 5)))
+        out, _ = self.attn(h, 2 * h, 2 * h, need_weights=False)
+        return self.head(out.mean(1))
+
+
 def sequence_data(n: int, seed: int = 0) -> Split:
     g = torch.Generator().manual_seed(seed)
     return Split(torch.randn(n, 15, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g))
 
 
 MODELS = {"tied": (Tied, classification_data), "tied decoder": (TiedDecoder, classification_data),
-          "attention": (Attention, sequence_data)}
+          "attention": (Attention, sequence_data), "cross attention": (CrossAttention, sequence_data),
+          "sequence-first attention": (SequenceFirstAttention, sequence_data)}
 
 
 def recipe():
@@ -142,9 +165,14 @@ def test_the_probe_finds_every_use_outside_a_modules_own_call():
     attention = FlatModel(Attention())
     uses = tdakit.layers.outside_uses(attention, sequence_data(2).x)
     assert set(uses) == {"attn.out_proj.weight", "attn.out_proj.bias"} and uses["attn.out_proj.weight"] == {"attn"}
-    slots, rest = tdakit.layers.hook_split(attention, sequence_data(2).x)
-    assert [s.name for s in slots] == ["embed", "head"]
-    assert len(rest) == 3 * 8 * 8 + 3 * 8 + 8 * 8 + 8  # in_proj weight and bias, out_proj weight and bias
+    slots, rest = tdakit.layers.hook_split(attention, sequence_data(2).x)  # self-attention: tap computes both
+    assert [(s.name, s.kind) for s in slots] == [("embed", "layer"), ("attn", "attention_in"),
+                                                 ("attn.out_proj", "attention_out"), ("head", "layer")]
+    assert len(rest) == 0
+    cross = FlatModel(CrossAttention())
+    assert tdakit.layers.outside_uses(cross, sequence_data(2).x)["attn.in_proj_weight"] == {tdakit.layers.CROSS}
+    slots, rest = tdakit.layers.hook_split(cross, sequence_data(2).x)  # its in-projection: left to torch.func
+    assert [s.name for s in slots] == ["embed", "attn.out_proj", "head"] and len(rest) == 3 * 8 * 8 + 3 * 8
     assert tdakit.layers.outside_uses(FlatModel(tdakit.mlp(3, (4,), 2)), torch.zeros(1, 3)) == {}
 
 
@@ -158,13 +186,16 @@ def test_kronecker_backends_refuse_shared_weights_and_the_suggested_fix_works():
     assert torch.isfinite(fixed.values).all() and float(fixed.values.abs().max()) > 0
     dense = tdakit.attribute(run, query, "influence", curvature="ggn", progress=False)
     assert torch.isfinite(dense.values).all()
-    attention, attention_query = trained("attention")
-    with pytest.raises(tdakit.TdakitError,
-                       match=r"layer 'attn' \(MultiheadAttention\).*Kronecker\(exclude=\['attn'\]\)"):
+    attention, attention_query = trained("cross attention")
+    with pytest.raises(tdakit.TdakitError, match=r"layer 'attn' \(nn.MultiheadAttention\) is called with different "
+                                                 r"query, key and value.*Kronecker\(exclude=\['attn'\]\)"):
         tdakit.attribute(attention, attention_query, "influence", curvature="ekfac", progress=False)
     fixed = tdakit.attribute(attention, attention_query, "influence", progress=False,  # out_proj goes with attn
                              curvature=tdakit.curvature.Kronecker(exclude=("attn",)))
     assert torch.isfinite(fixed.values).all() and float(fixed.values.abs().max()) > 0
+    attention, attention_query = trained("attention")  # self-attention: factored as it is
+    factored = tdakit.attribute(attention, attention_query, "influence", curvature="ekfac", progress=False)
+    assert torch.isfinite(factored.values).all() and float(factored.values.abs().max()) > 0
 
 
 class ReadsAnotherLayersWeight(nn.Module):

@@ -206,7 +206,7 @@ def test_attention_models_score_the_same_on_the_default_path_as_with_per_example
     run = tdakit.train(model, data.train, tdakit.Recipe(lr=0.1, epochs=2, batch_size=4, momentum=0.9,
                                                         weight_decay=1e-3), task, checkpoints=4,
                        dtype=torch.float64, progress=False, cache=False)
-    torch_layers = ["tokens", "layer.self_attn"]  # nn.MultiheadAttention's packed in-projection: no Linear
+    torch_layers = ["tokens"]  # nn.MultiheadAttention's two projections are factored (tap computes them)
     paths = PATHS if kind != "nn.TransformerEncoderLayer" else PATHS[:3] + [
         ("influence", {"curvature": Kronecker(exclude=torch_layers)}), ("trak", {"exclude": torch_layers}),
         ("unrolled", {})]
@@ -217,6 +217,54 @@ def test_attention_models_score_the_same_on_the_default_path_as_with_per_example
         flat = tdakit.attribute(run, data.query, method, progress=False, gradients="vmap", **settings).values
         assert torch.isfinite(default).all() and default.abs().max() > 0, method
         assert torch.allclose(default, flat, rtol=0, atol=1e-10 * float(flat.abs().max())), method
+
+
+class HandWrittenEncoderClassifier(nn.Module):
+    """TorchEncoderClassifier's computation with the attention written out: its packed in-projection as one
+    nn.Linear [3E, E], the output projection as another, PyTorch's scaled_dot_product_attention in between."""
+
+    def __init__(self, torch_model: TorchEncoderClassifier):
+        super().__init__()
+        layer = torch_model.layer
+        self.tokens, self.head = torch_model.tokens, torch_model.head
+        self.heads, width = layer.self_attn.num_heads, layer.self_attn.embed_dim
+        self.in_proj, self.out_proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        with torch.no_grad():
+            self.in_proj.weight.copy_(layer.self_attn.in_proj_weight)
+            self.in_proj.bias.copy_(layer.self_attn.in_proj_bias)
+            self.out_proj.load_state_dict(layer.self_attn.out_proj.state_dict())
+        self.linear1, self.linear2, self.norm1, self.norm2 = layer.linear1, layer.linear2, layer.norm1, layer.norm2
+
+    def forward(self, ids):
+        keep = ids != 0
+        h = self.tokens(ids)
+        n, length, width = h.shape
+        q, k, v = (part.reshape(n, length, self.heads, -1).transpose(1, 2) for part in self.in_proj(h).chunk(3, -1))
+        mixed = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        h = self.norm1(h + self.out_proj(mixed.transpose(1, 2).reshape(n, length, width)))
+        states = self.norm2(h + self.linear2(F.relu(self.linear1(h))))
+        weights = keep.to(states.dtype)[..., None]
+        return self.head((states * weights).sum(1) / weights.sum(1).clamp(min=1.0))
+
+
+def test_multihead_attention_has_the_kronecker_factors_of_its_projections_written_as_linears(sentences):
+    """nn.MultiheadAttention's in- and out-projection get the K-FAC/EK-FAC factors that the same model written
+    with two nn.Linear layers gets: same training, same scores (float64)."""
+    torch.manual_seed(0)
+    torch_model = TorchEncoderClassifier(len(sentences.vocabulary))
+    models = {"nn.MultiheadAttention": torch_model, "written out": HandWrittenEncoderClassifier(torch_model)}
+    recipe = tdakit.Recipe(lr=0.1, epochs=2, batch_size=4, momentum=0.9, weight_decay=1e-3)
+    scores = {}
+    for label, model in models.items():
+        init = torch.cat([p.detach().reshape(-1) for p in model.parameters()])  # the same weights, not a new draw
+        run = tdakit.train(model, sentences.train, recipe, tdakit.Classification(), checkpoints=3, init=init,
+                           dtype=torch.float64, progress=False, cache=False)
+        scores[label] = [tdakit.attribute(run, sentences.query, method, progress=False, **settings,
+                                          curvature=Kronecker(eigen_correction=ekfac, exclude=["tokens"])).values
+                         for method, settings, ekfac in [("influence", {}, True), ("source", {"segments": 2}, False)]]
+    for ours, written in zip(*scores.values(), strict=True):
+        assert ours.abs().max() > 0
+        assert torch.allclose(ours, written, rtol=0, atol=1e-8 * float(written.abs().max()))
 
 
 def test_language_models_refuse_the_exact_gauss_newton_and_name_the_sampled_one(passages):
