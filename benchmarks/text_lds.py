@@ -7,12 +7,14 @@
     python benchmarks/text_lds.py sst2 --speed-only                   # tokens per second against length
     python benchmarks/text_lds.py sst2 --epochs 2 --no-unrolling      # not converged
     python benchmarks/text_lds.py sst2 --stages --subsets 30 --seeds 1  # two stages: fine-tuning on new phrases
+    python benchmarks/text_lds.py sst2 --embeddings --no-unrolling    # also with the embeddings factored
 
 The preset's run (accuracy or test loss printed), every method of the preset plus exact unrolling, gradient
 similarities and representation similarity, judged against a fresh-seed ground truth (M half subsets x R seeds,
 cached in TDAKIT_CACHE) with influence as the baseline of the paired differences. Then tokens per second: the
 EK-FAC fit (the training tokens over its seconds) and the score products (grad dot: every training token
-against every query) at sequence lengths 8, 16 and 32 (the same sentences cut). Writes
+against every query) at sequence lengths 8, 16 and 32 (the same sentences cut). ``--embeddings`` adds influence,
+SOURCE and TRAK with the token and position embeddings factored (the presets leave them out). Writes
 benchmarks/results/text_<preset>.json.
 """
 
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="train this many epochs instead (not converged)")
     parser.add_argument("--no-unrolling", action="store_true", help="leave exact unrolling out (long runs)")
     parser.add_argument("--stages", action="store_true", help="the two-stage pipeline instead (two_stages)")
+    parser.add_argument("--embeddings", action="store_true", help="also the Kronecker methods with embeddings")
     args = parser.parse_args()
     torch.manual_seed(0)
     setting = preset(args.setting)
@@ -131,6 +134,11 @@ def main() -> None:
         methods = {**({} if args.no_unrolling else {"exact unrolling": Method("unrolled")}), **setting.methods(),
                    "grad dot": Method("grad_dot"), "grad cos": Method("grad_cos"),
                    "representation": Method("representation")}
+        if args.embeddings:
+            factored = dataclasses.replace(setting.curvature, exclude=())
+            methods.update({"influence, embeddings factored": Method("influence", curvature=factored),
+                            "SOURCE (L=3), embeddings factored": Method("source", segments=3, curvature=factored),
+                            "TRAK, embeddings factored": Method("trak")})
         table = run_experiment(run, data.query, methods, truth, baseline="influence",
                                title=f"{args.setting}, fresh seeds, halves", progress=False)
         print(table, flush=True)
@@ -139,7 +147,7 @@ def main() -> None:
           "token-query products/s |\n|---|---|---|---|---|---|", flush=True)
     out["speed"] = speed(setting, data)
     OUT.mkdir(exist_ok=True)
-    suffix = f"_epochs{args.epochs}" if args.epochs is not None else ""
+    suffix = (f"_epochs{args.epochs}" if args.epochs is not None else "") + ("_embeddings" if args.embeddings else "")
     (OUT / f"text_{args.setting}{suffix}.json").write_text(json.dumps(out, indent=1, default=str))
 
 

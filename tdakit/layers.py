@@ -1,12 +1,14 @@
-"""A model's layer structure: which parameters form an nn.Linear or nn.Conv2d layer, the hooks that read a
-layer's inputs and output gradients, and the layer's per-example gradient factors.
+"""A model's layer structure: which parameters form an nn.Linear, nn.Conv2d, nn.Embedding or self-attention
+layer, the hooks that read a layer's inputs and output gradients, and the layer's per-example gradient factors.
 
 For such a layer the parameters form one matrix W [out, in (+1 bias column)], and an example's gradient of it is
-G = sum_t d_t a_t^T over the layer's positions t (one for Linear, one per output pixel for Conv2d): a_t the
-layer input (for Conv2d an unfolded patch, plus a 1 for the bias), d_t the gradient of the loss with respect to
-the layer's output. Forward hooks read a_t and let autograd give d_t, so per-example gradients exist one layer
-at a time and never as a flat [n, P] tensor. The Kronecker curvature backends (curvature/kronecker.py), the
-score products (attribution/products.py) and TRAK's projections all read layers through this module:
+G = sum_t d_t a_t^T over the layer's positions t (one for Linear, one per output pixel for Conv2d, one per token
+for an embedding): a_t the layer input (for Conv2d an unfolded patch, plus a 1 for the bias; for nn.Embedding
+[V, E], whose matrix is W^T [E, V], the one-hot row of the token, zero at padding_idx), d_t the gradient of the
+loss with respect to the layer's output. Forward hooks read a_t and let autograd give d_t, so per-example
+gradients exist one layer at a time and never as a flat [n, P] tensor. The Kronecker curvature backends
+(curvature/kronecker.py), the score products (attribution/products.py) and TRAK's projections all read layers
+through this module:
 
     slots, excluded = factored(model, example=data.x[:1])      # LayerSlots, and the slices left out
     outputs, inputs, layer_outputs = tap(model, theta, x, slots)  # a forward pass that records them
@@ -46,6 +48,7 @@ FISHERS: tuple[str, ...] = typing.get_args(Fisher)
 # per model: {(input shape, dtype): what outside_uses found}; entries go with their model
 _probes: weakref.WeakKeyDictionary[FlatModel, dict[tuple, dict[str, set[str]]]] = weakref.WeakKeyDictionary()
 CROSS = "a call with different query, key and value"  # outside_uses' place for a non-self-attention call
+UNBATCHED = "a call whose input is not batch-major"  # ... for a layer whose input's first dimension is not the batch
 
 
 def inputs_of(model: FlatModel, layer: str, theta: Tensor, x: Tensor) -> Tensor:
@@ -73,7 +76,10 @@ def outside_uses(model: FlatModel, x: Tensor) -> dict[str, set[str]]:
     layer never called. One forward pass on the first example of x records which module's call every
     operation on a parameter ran inside (a TorchFunctionMode); it is run once per input shape and dtype.
     A parameter never used at all is reported with the place "nowhere"; an nn.MultiheadAttention called with
-    different query, key and value (cross-attention) has its ``in_proj_weight`` reported with the place ``CROSS``."""
+    different query, key and value (cross-attention) has its ``in_proj_weight`` reported with the place ``CROSS``,
+    and a layer hooks would read (Linear, Conv2d, Embedding, attention) whose input does not hold the examples along
+    its batch dimension (a sequence-first layer, a position table looked up once for the whole batch) its
+    ``weight`` with the place ``UNBATCHED``: per-example gradients cannot be read from it."""
     key = (tuple(x.shape[1:]), x.dtype)
     probes = _probes.setdefault(model, {})
     if key not in probes:
@@ -130,6 +136,10 @@ def factored(model: FlatModel, exclude: Sequence[str] = (), strict: bool = True,
             weight, bias = module.in_proj_weight, module.in_proj_bias
             slots.append(LayerSlot(name, module, full["in_proj_weight"], full.get("in_proj_bias"),
                                    weight.shape[0], weight.shape[1] + (bias is not None), "attention_in"))
+            continue
+        if isinstance(module, nn.Embedding):
+            slots.append(LayerSlot(name, module, full["weight"], None, module.embedding_dim, module.num_embeddings,
+                                   "embedding"))
             continue
         out_dim = module.weight.shape[0]
         in_dim = module.weight[0].numel() + (module.bias is not None)
@@ -190,7 +200,7 @@ def tap(model: FlatModel, theta: Tensor, x: Tensor,
         values = model.unflatten(theta)
         attention = _AttentionTap(model, values, slots, records)
         handles = [model.network.get_submodule(s.name).register_forward_hook(hook(s)) for s in slots
-                   if s.kind == "layer"] + attention.handles
+                   if s.kind in ("layer", "embedding")] + attention.handles
         try:
             outputs = model.call(model.network, attention.values, x)
         finally:
@@ -206,7 +216,7 @@ def tap(model: FlatModel, theta: Tensor, x: Tensor,
                              "every layer to see the examples along its first dimension (batch_first=True for "
                              "transformer layers). Otherwise use gradients='vmap' and a dense curvature "
                              "(curvature='ggn')")
-    inputs = [torch.cat([s.inputs(a) for a, _ in records[s.name]], 1) for s in slots]
+    inputs = [torch.cat([s.inputs(a, outputs.dtype) for a, _ in records[s.name]], 1) for s in slots]
     layer_outputs = [[out for _, out in records[s.name]] for s in slots]
     return outputs, inputs, layer_outputs
 
@@ -293,6 +303,10 @@ def _not_factorable(name: str, module: nn.Module, owners: dict[int, list[str]],
             return (f"layer {label!r} shares its parameter {p_name!r} with layer {others[0]!r} (tied weights): "
                     "Kronecker factors need each weight in one layer.", [name, *others])
         places = used_outside.get(p_name)
+        if places == {UNBATCHED}:
+            return (f"layer {label!r} receives inputs whose first dimension is not the batch (a sequence-first "
+                    "layer, or a table looked up once for the whole batch), so hooks cannot read one example's "
+                    "gradient from it: call it batch-major (batch_first=True; per-example ids [n, ...]).", [name])
         if places == {CROSS}:
             return (f"layer {label!r} (nn.MultiheadAttention) is called with different query, key and value: its "
                     "packed in-projection has a Kronecker-factored form for self-attention only.", [name])
@@ -305,11 +319,14 @@ def _not_factorable(name: str, module: nn.Module, owners: dict[int, list[str]],
         if isinstance(module, nn.Conv2d):
             return (f"layer {label!r}: K-FAC supports Conv2d with groups=1, numeric padding and padding_mode="
                     "'zeros'.", [name])
+        if isinstance(module, nn.Embedding):
+            return (f"layer {label!r}: K-FAC supports nn.Embedding without max_norm (which rewrites the weight) "
+                    "and without scale_grad_by_freq.", [name])
         if isinstance(module, nn.MultiheadAttention):
             return (f"layer {label!r}: K-FAC supports nn.MultiheadAttention with one embedding size for query, key "
                     "and value (kdim = vdim = embed_dim) and add_bias_kv=False.", [name])
         return (f"layer {label!r} ({type(module).__name__}) has parameters but no Kronecker-factored form "
-                "(K-FAC/EK-FAC support nn.Linear, nn.Conv2d and self-attention).", [name])
+                "(K-FAC/EK-FAC support nn.Linear, nn.Conv2d, nn.Embedding and self-attention).", [name])
     return None
 
 
@@ -354,12 +371,21 @@ def _probe_uses(network: nn.Module, x: Tensor) -> dict[str, set[str]]:
         stack.pop()
 
     cross: set[str] = set()
+    unbatched: set[str] = set()
 
     def attention_call(name: str):
-        def hook(_module, args, kwargs) -> None:
+        def hook(module, args, kwargs) -> None:
             query, key, value = _query_key_value(args, kwargs)
             if not (query is key and key is value):
                 cross.add(name)
+            if query.dim() != 3 or query.shape[0 if module.batch_first else 1] != len(x):
+                unbatched.add(name)
+        return hook
+
+    def layer_call(name: str):
+        def hook(_module, inputs) -> None:
+            if not inputs or inputs[0].dim() == 0 or inputs[0].shape[0] != len(x):
+                unbatched.add(name)
         return hook
 
     for name, module in network.named_modules():
@@ -367,6 +393,8 @@ def _probe_uses(network: nn.Module, x: Tensor) -> dict[str, set[str]]:
         handles.append(module.register_forward_hook(left, always_call=True))
         if isinstance(module, nn.MultiheadAttention):
             handles.append(module.register_forward_pre_hook(attention_call(name), with_kwargs=True))
+        elif isinstance(module, SUPPORTED):
+            handles.append(module.register_forward_pre_hook(layer_call(name)))
     first = next(network.parameters(), None)
     if first is not None:
         x = x.to(first.device, first.dtype if x.is_floating_point() else x.dtype)
@@ -386,6 +414,11 @@ def _probe_uses(network: nn.Module, x: Tensor) -> dict[str, set[str]]:
             found[name] = recorder.outside[primary]
     for name in cross:
         found[f"{name}.in_proj_weight" if name else "in_proj_weight"] = {CROSS}
+    for name in unbatched - cross:
+        prefix = f"{name}." if name else ""
+        attention = isinstance(network.get_submodule(name), nn.MultiheadAttention)
+        for weight in ("in_proj_weight", "out_proj.weight") if attention else ("weight",):
+            found.setdefault(prefix + weight, {UNBATCHED})
     return found
 
 
@@ -395,7 +428,7 @@ def _query_key_value(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor]
     return named["query"], named["key"], named["value"]
 
 
-SUPPORTED = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
+SUPPORTED = (nn.Linear, nn.Conv2d, nn.Embedding, nn.MultiheadAttention)
 
 
 def factorable(module: nn.Module) -> bool:
@@ -405,6 +438,8 @@ def factorable(module: nn.Module) -> bool:
         return module.groups == 1 and not isinstance(module.padding, str) and module.padding_mode == "zeros"
     if isinstance(module, nn.MultiheadAttention):
         return _self_attention(module)
+    if isinstance(module, nn.Embedding):
+        return module.max_norm is None and not module.scale_grad_by_freq
     return isinstance(module, SUPPORTED)
 
 
@@ -417,7 +452,8 @@ def _self_attention(module: nn.Module | None) -> bool:
 class LayerSlot:
     """Where a layer's parameters sit in the flat theta, and how to read its inputs and output gradients.
 
-    The layer's parameters form one matrix [out, in] (in: inputs per position, plus a bias column)."""
+    The layer's parameters form one matrix [out, in] (in: inputs per position, plus a bias column). An
+    nn.Embedding's weight [V, E] is stored transposed: its matrix is [E, V], its inputs one-hot [V]."""
 
     name: str
     module: nn.Module = field(repr=False, compare=False)
@@ -425,10 +461,17 @@ class LayerSlot:
     bias: slice | None
     out_dim: int
     in_dim: int  # columns of the layer matrix, the bias column included
-    kind: Literal["layer", "attention_in", "attention_out"] = "layer"  # how tap reads it: a hook, or _AttentionTap
+    kind: Literal["layer", "embedding", "attention_in", "attention_out"] = "layer"  # attention: _AttentionTap
+
+    @property
+    def one_hot(self) -> bool:
+        """Inputs are one-hot (an embedding): A = E[a a^T] is diagonal, with the identity as eigenvectors."""
+        return self.kind == "embedding"
 
     def matrix(self, v: Tensor) -> Tensor:
         """v [..., P] -> this layer's block as a matrix [..., out, in]."""
+        if self.one_hot:
+            return v[..., self.weight].reshape(*v.shape[:-1], self.in_dim, self.out_dim).transpose(-1, -2)
         w = v[..., self.weight].reshape(*v.shape[:-1], self.out_dim, -1)
         if self.bias is None:
             return w
@@ -436,13 +479,23 @@ class LayerSlot:
 
     def scatter(self, m: Tensor, out: Tensor) -> None:
         """Write a matrix [..., out, in] back into the flat out [..., P]."""
+        if self.one_hot:
+            out[..., self.weight] = m.transpose(-1, -2).reshape(*m.shape[:-2], -1)
+            return
         cols = self.in_dim - (self.bias is not None)
         out[..., self.weight] = m[..., :cols].reshape(*m.shape[:-2], -1)
         if self.bias is not None:
             out[..., self.bias] = m[..., cols]
 
-    def inputs(self, x: Tensor) -> Tensor:
-        """The layer's input -> a [n, T, in] (patches for Conv2d, a ones column for the bias)."""
+    def inputs(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """The layer's input -> a [n, T, in] (patches for Conv2d, a ones column for the bias; for an embedding,
+        ids [n, ...] -> one-hot rows in ``dtype``, all zero at its padding_idx, whose row gets no gradient)."""
+        if self.one_hot:
+            ids = x.reshape(x.shape[0], -1)
+            a = F.one_hot(ids, self.in_dim).to(dtype or torch.get_default_dtype())
+            if self.module.padding_idx is not None:
+                a[..., self.module.padding_idx] = 0
+            return a
         if isinstance(self.module, nn.Conv2d):
             c = self.module
             x = F.unfold(x, c.kernel_size, dilation=c.dilation, padding=c.padding, stride=c.stride).transpose(1, 2)

@@ -85,7 +85,8 @@ class Encoder(nn.Module):
             raise InputError(f"sequences of {length} tokens are longer than the model's max_length "
                              f"{self.max_length}; cut them (the datasets' length=) or build the model longer")
         keep = ids != PAD_ID
-        x = self.tokens(ids) + self.positions(torch.arange(length, device=ids.device))
+        places = torch.arange(length, device=ids.device).expand(ids.shape)  # per example: Kronecker factors need it
+        x = self.tokens(ids) + self.positions(places)
         for block in self.blocks:
             x = block(x, keep)
         return self.norm(x), keep

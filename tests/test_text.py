@@ -189,9 +189,9 @@ def passages(tmp_path_factory):
 
 EMBEDDINGS = ["encoder.tokens", "encoder.positions"]
 PATHS = [("grad_dot", {}), ("tracin", {}), ("source", {"segments": 2, "curvature": "ggn"}),
-         ("influence", {"curvature": Kronecker(fisher="true", exclude=EMBEDDINGS)}),
+         ("influence", {"curvature": Kronecker(fisher="true")}),  # the embeddings factored too
          ("source", {"segments": 2, "curvature": Kronecker(fisher="true", exclude=EMBEDDINGS)}),
-         ("trak", {"exclude": EMBEDDINGS})]
+         ("trak", {}), ("trak", {"exclude": EMBEDDINGS})]
 
 
 @pytest.mark.parametrize("kind", ["classifier", "language model", "nn.TransformerEncoderLayer"])
@@ -206,10 +206,8 @@ def test_attention_models_score_the_same_on_the_default_path_as_with_per_example
     run = tdakit.train(model, data.train, tdakit.Recipe(lr=0.1, epochs=2, batch_size=4, momentum=0.9,
                                                         weight_decay=1e-3), task, checkpoints=4,
                        dtype=torch.float64, progress=False, cache=False)
-    torch_layers = ["tokens"]  # nn.MultiheadAttention's two projections are factored (tap computes them)
-    paths = PATHS if kind != "nn.TransformerEncoderLayer" else PATHS[:3] + [
-        ("influence", {"curvature": Kronecker(exclude=torch_layers)}), ("trak", {"exclude": torch_layers}),
-        ("unrolled", {})]
+    paths = PATHS if kind != "nn.TransformerEncoderLayer" else PATHS[:3] + [  # attention's projections: factored
+        ("influence", {"curvature": Kronecker()}), ("trak", {}), ("unrolled", {})]
     for method, settings in paths:
         if kind == "language model" and settings.get("curvature") == "ggn":
             continue  # the exact Gauss-Newton over L x V outputs: refused (next test)
@@ -267,15 +265,68 @@ def test_multihead_attention_has_the_kronecker_factors_of_its_projections_writte
         assert torch.allclose(ours, written, rtol=0, atol=1e-8 * float(written.abs().max()))
 
 
-def test_language_models_refuse_the_exact_gauss_newton_and_name_the_sampled_one(passages):
+class Bag(nn.Module):
+    """Mean of tanh(embedding) over positions, then a Linear head; token 0 pads (padding_idx)."""
+
+    def __init__(self, vocabulary: int, width: int = 6):
+        super().__init__()
+        self.tokens, self.head = nn.Embedding(vocabulary, width, padding_idx=0), nn.Linear(width, 2)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.tokens(ids)).mean(1))
+
+
+class OneHotBag(nn.Module):
+    """Bag written as an nn.Linear [E, V] on one-hot rows (the padding column zero)."""
+
+    def __init__(self, bag: Bag):
+        super().__init__()
+        self.tokens = nn.Linear(bag.tokens.num_embeddings, bag.tokens.embedding_dim, bias=False)
+        self.head = bag.head
+        with torch.no_grad():
+            self.tokens.weight.copy_(bag.tokens.weight.T)
+
+    def forward(self, ids):
+        rows = (ids[..., None] == torch.arange(self.tokens.in_features)).to(torch.float64)  # built in float64
+        rows[..., 0] = 0
+        return self.head(torch.tanh(self.tokens(rows)).mean(1))
+
+
+def test_an_embedding_has_the_kronecker_factors_of_a_linear_layer_on_one_hot_rows(sentences):
+    """nn.Embedding's K-FAC/EK-FAC factors (a diagonal A, never formed as a matrix) and TRAK projections equal
+    those of the same model with an nn.Linear on one-hot inputs: same training, same scores (float64)."""
+    torch.manual_seed(0)
+    bag = Bag(len(sentences.vocabulary)).double()  # OneHotBag makes float64 rows
+    recipe = tdakit.Recipe(lr=0.5, epochs=3, batch_size=4, momentum=0.9, weight_decay=1e-3)
+    scores = []
+    for model in (bag, OneHotBag(bag).double()):
+        init = torch.cat([p.detach().reshape(-1) for p in model.parameters()])  # the same weights in both
+        run = tdakit.train(model, sentences.train, recipe, tdakit.Classification(), checkpoints=3, init=init,
+                           dtype=torch.float64, progress=False, cache=False)
+        scores.append([tdakit.attribute(run, sentences.query, method, progress=False, **settings).values
+                       for method, settings in [("influence", {"curvature": "ekfac"}),
+                                                ("source", {"segments": 2, "curvature": "kfac"}),
+                                                ("trak", {"projection": 4})]])
+    for ours, written in zip(*scores, strict=True):
+        assert ours.abs().max() > 0
+        assert torch.allclose(ours, written, rtol=0, atol=1e-8 * float(written.abs().max()))
+
+
+def test_language_models_refuse_the_exact_gauss_newton_and_name_the_sampled_one_and_tied_embeddings(passages):
     run = tdakit.train(CausalLM(len(passages.vocabulary), width=8, heads=2, depth=1, max_length=6), passages.train,
                        tdakit.Recipe(lr=0.1, epochs=1, batch_size=4), tdakit.LanguageModeling(), checkpoints=2,
                        dtype=torch.float64, progress=False, cache=False)
     for curvature in ("ggn", Kronecker(exclude=EMBEDDINGS)):
         with pytest.raises(errors.ModelError, match=r"fisher='true'"):
             tdakit.attribute(run, passages.query, "influence", curvature=curvature, progress=False)
-    with pytest.raises(errors.ModelError, match="encoder.tokens"):  # embeddings: named, with the exclude fix
-        tdakit.attribute(run, passages.query, "influence", curvature=Kronecker(fisher="true"), progress=False)
+    factored = tdakit.attribute(run, passages.query, "influence", curvature=Kronecker(fisher="true"), progress=False)
+    assert torch.isfinite(factored.values).all()  # embeddings factored too
+    tied = tdakit.train(CausalLM(len(passages.vocabulary), width=8, heads=2, depth=1, max_length=6, tie=True),
+                        passages.train, tdakit.Recipe(lr=0.1, epochs=1, batch_size=4), tdakit.LanguageModeling(),
+                        checkpoints=2, dtype=torch.float64, progress=False, cache=False)
+    with pytest.raises(errors.ModelError, match=r"'encoder.tokens' shares its parameter.*exclude=\['encoder.tokens', "
+                                                r"'head'\]"):  # a tied embedding: named, with the exclude fix
+        tdakit.attribute(tied, passages.query, "influence", curvature=Kronecker(fisher="true"), progress=False)
 
 
 @pytest.mark.parametrize("name", ["sst2", "wikitext2"])
@@ -396,3 +447,32 @@ def test_download_unpacks_the_official_layouts_when_asked(tmp_path, monkeypatch)
     wikitext = tdakit.datasets.wikitext2_folder(root, length=6, n_query=2, download=True)
     assert wikitext.train.x.shape[1] == 6 and (root / "wikitext-2" / "valid.txt").is_file()
     assert not [p for p in root.iterdir() if p.name not in ("sst2", "wikitext-2")]  # nothing half-written left
+
+
+class BroadcastPositions(nn.Module):
+    """A position table looked up once for the whole batch ([L] ids, broadcast over examples)."""
+
+    def __init__(self, vocabulary: int, width: int = 6):
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(vocabulary, width), nn.Embedding(6, width)
+        self.head = nn.Linear(width, 2)
+
+    def forward(self, ids):
+        states = self.tokens(ids) + self.positions(torch.arange(ids.shape[1]))
+        return self.head(torch.tanh(states).mean(1))
+
+
+def test_a_layer_that_does_not_see_the_batch_first_is_left_to_torch_func_or_named_with_the_fix(sentences):
+    run = tdakit.train(BroadcastPositions(len(sentences.vocabulary)), sentences.train, tdakit.Recipe(lr=0.1, epochs=1),
+                       tdakit.Classification(), checkpoints=2, dtype=torch.float64, progress=False, cache=False)
+    slots, rest = tdakit.layers.hook_split(run.model, sentences.train.x[:1])
+    assert [s.name for s in slots] == ["tokens", "head"] and len(rest) == 6 * 6  # the positions: torch.func
+    default = tdakit.attribute(run, sentences.query, "grad_dot", progress=False).values
+    flat = tdakit.attribute(run, sentences.query, "grad_dot", progress=False, gradients="vmap").values
+    assert torch.allclose(default, flat, rtol=0, atol=1e-10 * float(flat.abs().max()))
+    with pytest.raises(errors.ModelError, match=r"'positions' receives inputs whose first dimension is not the batch"
+                                                r".*exclude=\['positions'\]"):
+        tdakit.attribute(run, sentences.query, "influence", curvature="ekfac", progress=False)
+    fixed = tdakit.attribute(run, sentences.query, "influence", progress=False,
+                             curvature=Kronecker(exclude=["positions"]))
+    assert torch.isfinite(fixed.values).all()

@@ -11,6 +11,8 @@ mean training loss (plus weight decay) is approximated layer by layer (block dia
 
 with Q_A, Q_S the eigenvectors of A and S. EK-FAC keeps K-FAC's eigenbasis and replaces its eigenvalues
 by the exact diagonal of the curvature in that basis. Weight decay adds ``floor`` to every eigenvalue.
+An embedding's inputs are one-hot, so its A is diagonal (each token's frequency per position) and Q_A is the
+identity: A is accumulated as a vector [V] and Q_A never formed (``A_vectors`` None).
 
 Which curvature: ``fisher="ggn"`` uses, for every example, the columns r_k of Lambda^{1/2} (the square
 root of the loss Hessian in the outputs) as output gradients, so that sum_k G_k G_k^T is exactly the
@@ -42,11 +44,11 @@ from .base import EigenFunction, register, resolve
 
 @dataclass
 class KroneckerLayer:
-    """One layer's factors: eigenvectors of A [in, in] and S [out, out] and eigenvalues [out, in]
-    (EK-FAC: corrected; K-FAC: products of the factors' eigenvalues), without weight decay."""
+    """One layer's factors: eigenvectors of A [in, in] (None: the identity, for an embedding) and S [out, out] and
+    eigenvalues [out, in] (EK-FAC: corrected; K-FAC: products of the factors' eigenvalues), without weight decay."""
 
     slot: LayerSlot
-    A_vectors: Tensor
+    A_vectors: Tensor | None
     S_vectors: Tensor
     eigenvalues: Tensor
 
@@ -73,7 +75,7 @@ class KroneckerCurvature:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for l in self.layers
-                   for t in (l.A_vectors, l.S_vectors, l.eigenvalues))
+                   for t in (l.A_vectors, l.S_vectors, l.eigenvalues) if t is not None)
 
     def apply(self, fn: EigenFunction, v: Tensor) -> Tensor:
         """fn(M) v for v [..., P], layer by layer: Q_S [fn(Lambda + floor) * (Q_S^T V Q_A)] Q_A^T.
@@ -85,17 +87,26 @@ class KroneckerCurvature:
         outs = [torch.zeros_like(v) for _ in fns]
         for layer in self.layers:
             values = layer.eigenvalues + self.floor
-            QA, QS = layer.A_vectors.to(v.dtype), layer.S_vectors.to(v.dtype)
-            rotated = QS.T @ layer.slot.matrix(v) @ QA
+            QS = layer.S_vectors.to(v.dtype)
+            rotated = _right(QS.T @ layer.slot.matrix(v), layer.A_vectors)
             for fn, out in zip(fns, outs, strict=True):
                 f = resolve(fn, float(layer.eigenvalues.mean()))
-                layer.slot.scatter(QS @ (rotated * f(values).to(v.dtype)) @ QA.T, out)
+                layer.slot.scatter(_right(QS @ (rotated * f(values).to(v.dtype)), layer.A_vectors, transpose=True),
+                                   out)
         return outs
 
     def dense(self) -> Tensor:
         """The matrix [P, P] in float64 (small models only)."""
-        eye = torch.eye(self.num_params, dtype=torch.float64, device=self.layers[0].A_vectors.device)
+        eye = torch.eye(self.num_params, dtype=torch.float64, device=self.layers[0].S_vectors.device)
         return self.apply(lambda s: s, eye)
+
+
+def _right(m: Tensor, vectors: Tensor | None, transpose: bool = False) -> Tensor:
+    """m [..., out, in] @ Q_A (or @ Q_A^T); Q_A None is the identity."""
+    if vectors is None:
+        return m
+    vectors = vectors.to(m.dtype)
+    return m @ (vectors.T if transpose else vectors)
 
 
 def _symmetric_eigh(m: Tensor) -> tuple[Tensor, Tensor]:
@@ -177,18 +188,22 @@ def _factor_eigenbases(passes: _Passes, progress: bool) -> tuple[list[tuple[Tens
     """The covariance pass: A = w-weighted mean of a a^T (over positions), S = mean of sum_t d d^T, summed over
     processes and eigendecomposed (rank 0's eigenvectors everywhere): ([(values, vectors)] of A, ... of S)."""
     f64 = {"dtype": torch.float64, "device": passes.thetas.device}
-    A = [torch.zeros(sl.in_dim, sl.in_dim, **f64) for sl in passes.slots]
+    A = [torch.zeros(*((sl.in_dim,) if sl.one_hot else (sl.in_dim, sl.in_dim)), **f64) for sl in passes.slots]
     S = [torch.zeros(sl.out_dim, sl.out_dim, **f64) for sl in passes.slots]
     w = passes.weights
     for c, s in tqdm(passes.ours, desc="K-FAC factors", disable=not progress, leave=False):
         inputs, grads = passes.factors(c, s)
         for i, (a, d) in enumerate(zip(inputs, grads, strict=True)):
             aw = a if w is None else a * w[s:s + passes.chunk, None, None]  # A: the w-weighted mean of a a^T
-            A[i] += torch.einsum("nti,ntj->ij", aw, a).double() / a.shape[1]
+            if passes.slots[i].one_hot:  # a a^T = diag(a) for a one-hot a
+                A[i] += aw.sum((0, 1)).double() / a.shape[1]
+            else:
+                A[i] += torch.einsum("nti,ntj->ij", aw, a).double() / a.shape[1]
             S[i] += torch.einsum("knto,kntp->op", d, d).double()
     A = [distributed.sum_over_ranks(m) for m in A]
     S = [distributed.sum_over_ranks(m) for m in S]
-    eig_A = [tuple(distributed.same_everywhere(t) for t in _symmetric_eigh(m / passes.a_count)) for m in A]
+    eig_A = [(m / passes.a_count, None) if m.dim() == 1 else  # diagonal: its entries, the identity's vectors
+             tuple(distributed.same_everywhere(t) for t in _symmetric_eigh(m / passes.a_count)) for m in A]
     eig_S = [tuple(distributed.same_everywhere(t) for t in _symmetric_eigh(m / passes.count)) for m in S]
     return eig_A, eig_S
 
@@ -200,7 +215,7 @@ def _corrected_eigenvalues(passes: _Passes, eig_A, eig_S, progress: bool) -> lis
     for c, s in tqdm(passes.ours, desc="EK-FAC eigenvalues", disable=not progress, leave=False):
         inputs, grads = passes.factors(c, s)
         for i, (a, d) in enumerate(zip(inputs, grads, strict=True)):
-            ar = a @ eig_A[i][1].to(a.dtype)  # [n, T, in] in the eigenbasis
+            ar = _right(a, eig_A[i][1])  # [n, T, in] in the eigenbasis
             dr = d @ eig_S[i][1].to(d.dtype)  # [K, n, T, out]
             if a.shape[1] == 1:  # one position: G = d a^T is rank one, square the factors
                 values[i] += ((dr[:, :, 0] ** 2).sum(0).T @ ar[:, 0] ** 2).double()
