@@ -188,10 +188,10 @@ class TextPreset:
 
     @property
     def curvature(self) -> Kronecker:
-        """EK-FAC over every Linear of the blocks and the head; the embeddings left out (their one-hot inputs have
-        no factor here yet: docs/text.md); a language model's Fisher sampled (one next token per position)."""
+        """EK-FAC over the embeddings (a diagonal input factor), every Linear of the blocks and the head (LayerNorm
+        left out: docs/text.md); a language model's Fisher sampled (one next token per position)."""
         fisher = "true" if isinstance(self.task, LanguageModeling) else "ggn"
-        return Kronecker(fisher=fisher, exclude=TEXT_EMBEDDINGS)
+        return Kronecker(fisher=fisher)
 
     def data(self, seed: int = 0, root=None, download: bool = False, progress: bool = True) -> Dataset:
         """The dataset from ``root`` (default: ``datasets.data_root()``), downloaded only if asked."""
@@ -217,12 +217,10 @@ class TextPreset:
                      dtype=dtype or self.dtype)
 
     def methods(self) -> dict[str, Method]:
-        methods = paper_methods(self.curvature)
-        methods["TRAK"] = Method("trak", exclude=TEXT_EMBEDDINGS)
-        return methods
+        return paper_methods(self.curvature)
 
 
-TEXT_EMBEDDINGS = ("encoder.tokens", "encoder.positions")
+TEXT_EMBEDDINGS = ("encoder.tokens", "encoder.positions")  # tdakit.text_models' embeddings, to leave them out
 
 
 def subset(data: Dataset, n: int) -> Split:

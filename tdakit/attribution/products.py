@@ -141,8 +141,9 @@ class FactoredQueries:
         inputs, grads = gradient_factors(self.model, task, theta, data.subset(slice(0, 1)), "empirical",
                                                self.slots)
         q = self.u_rest.shape[0]
-        largest = max(a.numel() + d.numel() + (q * b.shape[1] if a.shape[1] == 1 else b[0].numel())
-                      for a, d, b in zip(inputs, grads, self.blocks, strict=True))
+        largest = max(a.numel() + d.numel() + (q * d.numel() if s.one_hot else q * b.shape[1] if a.shape[1] == 1
+                                               else b[0].numel())
+                      for s, a, d, b in zip(self.slots, inputs, grads, self.blocks, strict=True))
         per_example = max(largest, 4 * len(self.rest), 1)
         return max(1, min(cap, hardware.element_budget(theta.device) // (2 * per_example)))
 
@@ -151,12 +152,17 @@ class FactoredQueries:
 
         One position (nn.Linear): d_i^T U a_i, as (a U^T) then a product with d, so no per-example matrix is
         formed (Q n out in multiply-adds). Several positions (nn.Conv2d): G_i = sum_t d_it a_it^T first
-        (n T out in), then <U, G_i> (Q n out in), cheaper than contracting every position with every query."""
+        (n T out in), then <U, G_i> (Q n out in), cheaper than contracting every position with every query.
+        An embedding (one-hot a): sum_t d_t . U[:, token t], the columns gathered (Q n T out)."""
         inputs, grads = gradient_factors(self.model, task, theta, data, "empirical", self.slots)
         out = torch.zeros(self.u_rest.shape[0], len(data), dtype=torch.float64, device=theta.device)
-        for block, a, d in zip(self.blocks, inputs, grads, strict=True):
+        for slot, block, a, d in zip(self.slots, self.blocks, inputs, grads, strict=True):
             q, o, i = block.shape
-            if a.shape[1] == 1:
+            if slot.one_hot:  # an embedding: sum_t d_t . U[:, x_t], the token's column gathered (Q n T out)
+                ids, present = a.argmax(-1), a.amax(-1)  # [n, T]; present 0 at the padding token
+                columns = block.permute(2, 0, 1)[ids].to(d.dtype)  # [n, T, Q, out]
+                out += torch.einsum("ntqo,nto->qn", columns, d[0] * present[..., None]).double()
+            elif a.shape[1] == 1:
                 projected = hardware.matmul(a[:, 0], block.reshape(q * o, i).T, precision).view(-1, q, o)
                 out += torch.einsum("nqo,no->qn", projected, d[0, :, 0].to(projected.dtype)).double()
             else:
