@@ -4,8 +4,9 @@ layer, the hooks that read a layer's inputs and output gradients, and the layer'
 For such a layer the parameters form one matrix W [out, in (+1 bias column)], and an example's gradient of it is
 G = sum_t d_t a_t^T over the layer's positions t (one for Linear, one per output pixel for Conv2d, one per token
 for an embedding): a_t the layer input (for Conv2d an unfolded patch, plus a 1 for the bias; for nn.Embedding
-[V, E], whose matrix is W^T [E, V], the one-hot row of the token, zero at padding_idx), d_t the gradient of the
-loss with respect to the layer's output. Forward hooks read a_t and let autograd give d_t, so per-example
+[V, E], whose matrix is W^T [E, V], the one-hot row of the token, zero at padding_idx, which is passed around as
+the token id itself, -1 for padding: ``LayerSlot.one_hot``), d_t the gradient of the loss with respect to the
+layer's output. Forward hooks read a_t and let autograd give d_t, so per-example
 gradients exist one layer at a time and never as a flat [n, P] tensor. The Kronecker curvature backends
 (curvature/kronecker.py), the score products (attribution/products.py) and TRAK's projections all read layers
 through this module:
@@ -216,7 +217,7 @@ def tap(model: FlatModel, theta: Tensor, x: Tensor,
                              "every layer to see the examples along its first dimension (batch_first=True for "
                              "transformer layers). Otherwise use gradients='vmap' and a dense curvature "
                              "(curvature='ggn')")
-    inputs = [torch.cat([s.inputs(a, outputs.dtype) for a, _ in records[s.name]], 1) for s in slots]
+    inputs = [torch.cat([s.inputs(a) for a, _ in records[s.name]], 1) for s in slots]
     layer_outputs = [[out for _, out in records[s.name]] for s in slots]
     return outputs, inputs, layer_outputs
 
@@ -465,7 +466,8 @@ class LayerSlot:
 
     @property
     def one_hot(self) -> bool:
-        """Inputs are one-hot (an embedding): A = E[a a^T] is diagonal, with the identity as eigenvectors."""
+        """Inputs are one-hot (an embedding): A = E[a a^T] is diagonal, with the identity as eigenvectors, and
+        ``inputs`` gives token ids [n, T] (-1: no input) instead of a [n, T, in] (``dense_inputs`` makes those)."""
         return self.kind == "embedding"
 
     def matrix(self, v: Tensor) -> Tensor:
@@ -487,15 +489,15 @@ class LayerSlot:
         if self.bias is not None:
             out[..., self.bias] = m[..., cols]
 
-    def inputs(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    def inputs(self, x: Tensor) -> Tensor:
         """The layer's input -> a [n, T, in] (patches for Conv2d, a ones column for the bias; for an embedding,
-        ids [n, ...] -> one-hot rows in ``dtype``, all zero at its padding_idx, whose row gets no gradient)."""
+        the token ids [n, T], -1 at its padding_idx, whose row gets no gradient: the one-hot a is never formed)."""
         if self.one_hot:
             ids = x.reshape(x.shape[0], -1)
-            a = F.one_hot(ids, self.in_dim).to(dtype or torch.get_default_dtype())
             if self.module.padding_idx is not None:
-                a[..., self.module.padding_idx] = 0
-            return a
+                ids = ids.masked_fill(ids == self.module.padding_idx, -1)
+            return ids
+
         if isinstance(self.module, nn.Conv2d):
             c = self.module
             x = F.unfold(x, c.kernel_size, dilation=c.dilation, padding=c.padding, stride=c.stride).transpose(1, 2)
@@ -504,6 +506,18 @@ class LayerSlot:
         if self.bias is not None:
             x = torch.cat([x, x.new_ones(*x.shape[:-1], 1)], -1)
         return x
+
+    def dense_inputs(self, a: Tensor, dtype: torch.dtype) -> Tensor:
+        """``inputs`` as a [n, T, in] in ``dtype``: for an embedding, the one-hot rows (zero for id -1)."""
+        if not self.one_hot:
+            return a
+        return F.one_hot(a.clamp(min=0), self.in_dim).to(dtype) * (a >= 0).to(dtype)[..., None]
+
+    def gathered(self, a: Tensor, columns: Tensor) -> Tensor:
+        """For an embedding: the columns [..., in] of ``columns`` at each token, zero for id -1: a_t's product
+        with a matrix [..., in] -> [n, T, ...], without forming the one-hot a."""
+        picked = columns.movedim(-1, 0)[a.clamp(min=0)]  # [n, T, ...]
+        return picked * (a >= 0).reshape(*a.shape, *([1] * (picked.dim() - 2))).to(picked.dtype)
 
     def output_grads(self, d: Tensor) -> Tensor:
         """Gradient w.r.t. the layer output -> d [n, T, out]."""
@@ -532,8 +546,8 @@ def output_directions(task: Task, outputs: Tensor, targets: Tensor, fisher: str,
 
 def gradient_factors(model: FlatModel, task: Task, theta: Tensor, data: Split, fisher: str = "empirical",
                            slots: list[LayerSlot] | None = None, generator: torch.Generator | None = None):
-    """For one chunk of data: per slot, inputs a [n, T, in] and, per output direction k, output
-    gradients d [K, n, T, out]. With fisher="empirical", G_i = sum_t d[0, i, t] a[i, t]^T is example
+    """For one chunk of data: per slot, inputs a [n, T, in] (an embedding's: token ids [n, T]) and, per output
+    direction k, output gradients d [K, n, T, out]. With fisher="empirical", G_i = sum_t d[0, i, t] a[i, t]^T is example
     i's gradient of the layer matrix (per-example gradients from hooks)."""
     slots = slots if slots is not None else factored(model, example=data.x[:1])[0]
     outputs, inputs, layer_outputs = tap(model, theta, data.x, slots)

@@ -131,7 +131,9 @@ class FactoredQueries:
 
     def __init__(self, model: FlatModel, u: Tensor, slots: list[LayerSlot], rest: Tensor):
         self.model, self.slots, self.rest = model, slots, rest.to(u.device)
-        self.blocks = [slot.matrix(u) for slot in slots]  # [Q, out, in] per layer
+        # [Q, out, in] per layer; an embedding's as [in, Q, out], one contiguous row per token
+        self.blocks = [slot.matrix(u).permute(2, 0, 1).contiguous() if slot.one_hot else slot.matrix(u)
+                       for slot in slots]
         self.u_rest = u[:, self.rest]
 
     def examples_per_chunk(self, task: Task, theta: Tensor, data: Split, cap: int = 1024) -> int:
@@ -142,7 +144,7 @@ class FactoredQueries:
                                                self.slots)
         q = self.u_rest.shape[0]
         largest = max(a.numel() + d.numel() + (q * d.numel() if s.one_hot else q * b.shape[1] if a.shape[1] == 1
-                                               else b[0].numel())
+                                               else b[0].numel())  # an embedding: at most [T, Q, out] gathered
                       for s, a, d, b in zip(self.slots, inputs, grads, self.blocks, strict=True))
         per_example = max(largest, 4 * len(self.rest), 1)
         return max(1, min(cap, hardware.element_budget(theta.device) // (2 * per_example)))
@@ -157,12 +159,15 @@ class FactoredQueries:
         inputs, grads = gradient_factors(self.model, task, theta, data, "empirical", self.slots)
         out = torch.zeros(self.u_rest.shape[0], len(data), dtype=torch.float64, device=theta.device)
         for slot, block, a, d in zip(self.slots, self.blocks, inputs, grads, strict=True):
+            if slot.one_hot:  # an embedding (a: token ids): sum_t d_t . U[:, x_t] over the real tokens only
+                real = a >= 0
+                picked = block[a[real]].to(d.dtype)  # [tokens, Q, out]: the token's column of every query
+                each = torch.bmm(picked, d[0][real][:, :, None])[:, :, 0]  # [tokens, Q]
+                by_example = torch.zeros(len(a), each.shape[1], dtype=each.dtype, device=each.device)
+                out += by_example.index_add_(0, real.nonzero()[:, 0], each).T.double()
+                continue
             q, o, i = block.shape
-            if slot.one_hot:  # an embedding: sum_t d_t . U[:, x_t], the token's column gathered (Q n T out)
-                ids, present = a.argmax(-1), a.amax(-1)  # [n, T]; present 0 at the padding token
-                columns = block.permute(2, 0, 1)[ids].to(d.dtype)  # [n, T, Q, out]
-                out += torch.einsum("ntqo,nto->qn", columns, d[0] * present[..., None]).double()
-            elif a.shape[1] == 1:
+            if a.shape[1] == 1:
                 projected = hardware.matmul(a[:, 0], block.reshape(q * o, i).T, precision).view(-1, q, o)
                 out += torch.einsum("nqo,no->qn", projected, d[0, :, 0].to(projected.dtype)).double()
             else:

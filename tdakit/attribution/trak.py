@@ -56,9 +56,12 @@ def project_factors(slots: list[LayerSlot], projections, inputs: list[Tensor], g
     d [1, n, T, out]) without forming them: R_out (sum_t d_t a_t^T) R_in^T = sum_t (R_out d_t)(R_in a_t)^T.
     Returns features [n, sum of k_o * k_i]."""
     parts = []
-    for (r_out, r_in), a, d in zip(projections, inputs, grads, strict=True):
+    for slot, (r_out, r_in), a, d in zip(slots, projections, inputs, grads, strict=True):
         d = d[0] if r_out is None else d[0] @ r_out.T  # [n, T, k_o]
-        a = a if r_in is None else a @ r_in.T  # [n, T, k_i]
+        if slot.one_hot:  # token ids: R_in a_t is R_in's column at the token
+            a = slot.dense_inputs(a, d.dtype) if r_in is None else slot.gathered(a, r_in.to(d.dtype))
+        else:
+            a = a if r_in is None else a @ r_in.T  # [n, T, k_i]
         parts.append(torch.einsum("nto,nti->noi", d, a).flatten(1))
     return torch.cat(parts, 1)
 

@@ -194,10 +194,11 @@ def _factor_eigenbases(passes: _Passes, progress: bool) -> tuple[list[tuple[Tens
     for c, s in tqdm(passes.ours, desc="K-FAC factors", disable=not progress, leave=False):
         inputs, grads = passes.factors(c, s)
         for i, (a, d) in enumerate(zip(inputs, grads, strict=True)):
-            aw = a if w is None else a * w[s:s + passes.chunk, None, None]  # A: the w-weighted mean of a a^T
-            if passes.slots[i].one_hot:  # a a^T = diag(a) for a one-hot a
-                A[i] += aw.sum((0, 1)).double() / a.shape[1]
+            if passes.slots[i].one_hot:  # token ids: a a^T = diag(a), so A counts the tokens (w-weighted)
+                counted = (a >= 0).double() * (1.0 if w is None else w[s:s + passes.chunk, None].double())
+                A[i].index_add_(0, a.clamp(min=0).reshape(-1), counted.reshape(-1) / a.shape[1])
             else:
+                aw = a if w is None else a * w[s:s + passes.chunk, None, None]  # A: the w-weighted mean of a a^T
                 A[i] += torch.einsum("nti,ntj->ij", aw, a).double() / a.shape[1]
             S[i] += torch.einsum("knto,kntp->op", d, d).double()
     A = [distributed.sum_over_ranks(m) for m in A]
@@ -215,14 +216,33 @@ def _corrected_eigenvalues(passes: _Passes, eig_A, eig_S, progress: bool) -> lis
     for c, s in tqdm(passes.ours, desc="EK-FAC eigenvalues", disable=not progress, leave=False):
         inputs, grads = passes.factors(c, s)
         for i, (a, d) in enumerate(zip(inputs, grads, strict=True)):
-            ar = _right(a, eig_A[i][1])  # [n, T, in] in the eigenbasis
             dr = d @ eig_S[i][1].to(d.dtype)  # [K, n, T, out]
+            if passes.slots[i].one_hot:
+                values[i] += _one_hot_squares(a, dr, passes.slots[i].in_dim)
+                continue
+            ar = _right(a, eig_A[i][1])  # [n, T, in] in the eigenbasis
             if a.shape[1] == 1:  # one position: G = d a^T is rank one, square the factors
                 values[i] += ((dr[:, :, 0] ** 2).sum(0).T @ ar[:, 0] ** 2).double()
             else:
                 for dk in dr:
                     values[i] += (torch.einsum("nto,nti->noi", dk, ar) ** 2).sum(0).double()
     return [distributed.sum_over_ranks(v) / passes.count for v in values]
+
+
+def _one_hot_squares(ids: Tensor, dr: Tensor, vocabulary: int) -> Tensor:
+    """sum_i (G_i)^2 [out, V] for an embedding (Q_A the identity): G_i's column v is the sum of dr over the positions
+    holding token v, so dr is summed per (example, token) and squared without forming the [n, out, V] G's.
+    ids: [n, T] (-1: padding); dr: [K, n, T, out]."""
+    n, positions = ids.shape
+    present = (ids >= 0).to(dr.dtype)
+    keys, where = torch.unique((torch.arange(n, device=ids.device)[:, None] * vocabulary + ids.clamp(min=0))
+                               .reshape(-1), return_inverse=True)
+    out = torch.zeros(vocabulary, dr.shape[-1], dtype=torch.float64, device=ids.device)
+    for dk in dr:
+        summed = torch.zeros(len(keys), dr.shape[-1], dtype=dk.dtype, device=ids.device)
+        summed.index_add_(0, where, (dk * present[..., None]).reshape(n * positions, -1))
+        out.index_add_(0, keys % vocabulary, (summed ** 2).double())
+    return out.T
 
 
 @register("ekfac")
