@@ -121,7 +121,7 @@ def main() -> None:
     for label, curvature in curvatures.items():
         methods[f"SOURCE (L=3 per stage){label}"] = Method("source", segments=3, curvature=curvature)
         methods[f"influence (final parameters, pooled data){label}"] = Method("influence", curvature=curvature)
-    methods.update({"TracIn": Method("tracin"), "grad dot": Method("grad_dot")})
+    methods["TracIn"] = Method("tracin")
     table = run_experiment(staged, data.query, methods, truth, stage=args.stage,
                            baseline="influence (final parameters, pooled data)",
                            title=f"pretraining then fine-tuning, stage {args.stage}'s points", progress=False)
