@@ -8,6 +8,7 @@
     python benchmarks/text_lds.py sst2 --epochs 2 --no-unrolling      # not converged
     python benchmarks/text_lds.py sst2 --stages --subsets 30 --seeds 1  # two stages: fine-tuning on new phrases
     python benchmarks/text_lds.py sst2 --embeddings --no-unrolling    # also with the embeddings left out
+    python benchmarks/text_lds.py wikitext2 --subsets 40 --queries 10  # exact unrolling too, on 10 queries
 
 The preset's run (accuracy or test loss printed), every method of the preset plus exact unrolling, gradient
 similarities and representation similarity, judged against a fresh-seed ground truth (M half subsets x R seeds,
@@ -30,7 +31,7 @@ import torch
 
 import tdakit
 from tdakit import curvature as curv
-from tdakit.evaluation import reliability
+from tdakit.evaluation import GroundTruth, reliability
 from tdakit.experiment import Method, run_experiment
 from tdakit.presets import TEXT_EMBEDDINGS, preset
 
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--no-unrolling", action="store_true", help="leave exact unrolling out (long runs)")
     parser.add_argument("--stages", action="store_true", help="the two-stage pipeline instead (two_stages)")
     parser.add_argument("--embeddings", action="store_true", help="also the Kronecker methods without embeddings")
+    parser.add_argument("--queries", type=int, default=None, help="the first Q queries only (the same ground truth)")
     args = parser.parse_args()
     torch.manual_seed(0)
     setting = preset(args.setting)
@@ -131,6 +133,10 @@ def main() -> None:
                                    progress=False)
         print(f"ground truth M = {args.subsets}, R = {args.seeds}: {reliability(truth)} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
+        query = data.query
+        if args.queries is not None:  # the same ground truth, its first Q queries
+            truth = GroundTruth(truth.masks, truth.values[:, :, :args.queries])
+            query = query.subset(slice(0, args.queries))
         methods = {**({} if args.no_unrolling else {"exact unrolling": Method("unrolled")}), **setting.methods(),
                    "grad dot": Method("grad_dot"), "grad cos": Method("grad_cos"),
                    "representation": Method("representation")}
@@ -139,15 +145,17 @@ def main() -> None:
             methods.update({"influence, embeddings left out": Method("influence", curvature=left_out),
                             "SOURCE (L=3), embeddings left out": Method("source", segments=3, curvature=left_out),
                             "TRAK, embeddings left out": Method("trak", exclude=TEXT_EMBEDDINGS)})
-        table = run_experiment(run, data.query, methods, truth, baseline="influence",
+        table = run_experiment(run, query, methods, truth, baseline="influence",
                                title=f"{args.setting}, fresh seeds, halves", progress=False)
         print(table, flush=True)
         out.update(parameters=run.model.num_params, quality=quality(run, data), table=table.as_dict())
-    print("\n| length | training tokens | EK-FAC fit s | fit tokens/s | grad-dot products s | "
-          "token-query products/s |\n|---|---|---|---|---|---|", flush=True)
-    out["speed"] = speed(setting, data)
+    if args.queries is None:  # the cost on every query
+        print("\n| length | training tokens | EK-FAC fit s | fit tokens/s | grad-dot products s | "
+              "token-query products/s |\n|---|---|---|---|---|---|", flush=True)
+        out["speed"] = speed(setting, data)
     OUT.mkdir(exist_ok=True)
-    suffix = (f"_epochs{args.epochs}" if args.epochs is not None else "") + ("_embeddings" if args.embeddings else "")
+    suffix = (f"_epochs{args.epochs}" if args.epochs is not None else "") + ("_embeddings" if args.embeddings else "") \
+        + (f"_queries{args.queries}" if args.queries is not None else "")
     (OUT / f"text_{args.setting}{suffix}.json").write_text(json.dumps(out, indent=1, default=str))
 
 

@@ -454,7 +454,8 @@ class LayerSlot:
     """Where a layer's parameters sit in the flat theta, and how to read its inputs and output gradients.
 
     The layer's parameters form one matrix [out, in] (in: inputs per position, plus a bias column). An
-    nn.Embedding's weight [V, E] is stored transposed: its matrix is [E, V], its inputs one-hot [V]."""
+    nn.Embedding's weight [V, E] is stored transposed: its matrix is [E, V], its inputs one-hot rows [V], carried
+    as token ids (``one_hot``)."""
 
     name: str
     module: nn.Module = field(repr=False, compare=False)
@@ -497,7 +498,6 @@ class LayerSlot:
             if self.module.padding_idx is not None:
                 ids = ids.masked_fill(ids == self.module.padding_idx, -1)
             return ids
-
         if isinstance(self.module, nn.Conv2d):
             c = self.module
             x = F.unfold(x, c.kernel_size, dilation=c.dilation, padding=c.padding, stride=c.stride).transpose(1, 2)
