@@ -527,16 +527,19 @@ class LayerSlot:
 
 
 def output_directions(task: Task, outputs: Tensor, targets: Tensor, fisher: str,
-                       generator: torch.Generator) -> list[Tensor]:
+                      generator: torch.Generator | Sequence[torch.Generator] | None) -> list[Tensor]:
     """Per-example vectors r [n, o] to backpropagate; sum_k r_k r_k^T is the loss curvature in the outputs
-    (ggn), or r is the loss gradient with sampled (true) or observed (empirical) targets."""
+    (ggn), or r is the loss gradient with sampled (true) or observed (empirical) targets. A sequence of generators
+    draws example i's targets from generator[i] (draws that do not depend on how the data is chunked)."""
     g = outputs.detach()
     if fisher == "ggn":
         check_output_curvature(g, "the Kronecker curvature's exact Gauss-Newton (fisher='ggn')")
         lam = vmap(torch.func.hessian(lambda o, y: task.loss(o[None], y[None])[0]))(g, targets)
         root = psd_sqrt(lam)
         return [root[:, :, k] for k in range(root.shape[-1])]
-    if fisher == "true":
+    if fisher == "true" and isinstance(generator, Sequence):
+        targets = torch.cat([task.sample_targets(g[i:i + 1], each) for i, each in enumerate(generator)])
+    elif fisher == "true":
         targets = task.sample_targets(g, generator)
     with torch.enable_grad():
         g = g.clone().requires_grad_(True)
@@ -545,7 +548,8 @@ def output_directions(task: Task, outputs: Tensor, targets: Tensor, fisher: str,
 
 
 def gradient_factors(model: FlatModel, task: Task, theta: Tensor, data: Split, fisher: str = "empirical",
-                           slots: list[LayerSlot] | None = None, generator: torch.Generator | None = None):
+                     slots: list[LayerSlot] | None = None,
+                     generator: torch.Generator | Sequence[torch.Generator] | None = None):
     """For one chunk of data: per slot, inputs a [n, T, in] (an embedding's: token ids [n, T]) and, per output
     direction k, output gradients d [K, n, T, out]. With fisher="empirical", G_i = sum_t d[0, i, t] a[i, t]^T is example
     i's gradient of the layer matrix (per-example gradients from hooks)."""

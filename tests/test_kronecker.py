@@ -110,6 +110,12 @@ def test_true_fisher_is_seeded_and_estimates_the_gauss_newton():
     a = spec.fit(run.model, run.task, run.final[None], data, WD)
     b = spec.fit(run.model, run.task, run.final[None], data, WD)
     assert all(torch.equal(x.eigenvalues, y.eigenvalues) for x, y in zip(a.layers, b.layers, strict=True))
+    # each example's draw has its own seed: the chunk size (set by the device's memory) changes nothing
+    chunked = dataclasses.replace(spec, chunk=7).fit(run.model, run.task, run.final[None], data, WD)
+    assert all(torch.allclose(x.eigenvalues, y.eigenvalues, rtol=1e-10, atol=1e-14)
+               for x, y in zip(a.layers, chunked.layers, strict=True))
+    other = dataclasses.replace(spec, seed=5).fit(run.model, run.task, run.final[None], data, WD)
+    assert not all(torch.allclose(x.eigenvalues, y.eigenvalues) for x, y in zip(a.layers, other.layers, strict=True))
     # E over sampled targets of the Fisher is the GGN: K-FAC factors from many samples come close
     many = Split(data.x.repeat(400, 1), data.y.repeat(400))
     sampled = curv.Kronecker(fisher="true", eigen_correction=False, chunk=4000).fit(

@@ -152,6 +152,11 @@ def kronecker_curvature(model: FlatModel, task: Task, thetas: Tensor, data: Spli
     return KroneckerCurvature(layers, model.num_params, float(weight_decay), excluded)
 
 
+def example_seed(seed: int, checkpoint: int, example: int) -> int:
+    """The seed of one example's sampled targets at one checkpoint (a sampled Fisher's draw)."""
+    return ((seed * 1_000_003 + checkpoint) * 1_000_000_007 + example) % 2 ** 63
+
+
 @dataclass
 class _Passes:
     """The (checkpoint, chunk) pieces a factor pass walks over, and each piece's layer factors: inputs a
@@ -176,9 +181,12 @@ class _Passes:
         self.a_count = self.count if self.weights is None else len(self.thetas) * float(self.weights.sum())
 
     def factors(self, c: int, s: int) -> tuple[list[Tensor], list[Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + c * 10_007 + s)
-        inputs, grads = gradient_factors(self.model, self.task, self.thetas[c],
-                                         self.data.subset(slice(s, s + self.chunk)), self.fisher, self.slots, generator)
+        part = self.data.subset(slice(s, s + self.chunk))
+        # fisher="true": one generator per (checkpoint, example), so the draws do not depend on the chunk size
+        generators = [torch.Generator().manual_seed(example_seed(self.seed, c, s + i)) for i in range(len(part))] \
+            if self.fisher == "true" else None
+        inputs, grads = gradient_factors(self.model, self.task, self.thetas[c], part, self.fisher, self.slots,
+                                         generators)
         if self.weights is not None:  # G_i = sqrt(w_i) d a^T carries w_i into S and the eigenvalues
             grads = [d * self.weights[s:s + self.chunk].sqrt()[None, :, None, None] for d in grads]
         return inputs, grads
