@@ -259,7 +259,8 @@ class _AttentionTap:
 
     def _project_in(self, slot: LayerSlot, weight: Tensor, bias: Tensor | None):
         def before(module, args, kwargs):
-            query, key, value = _query_key_value(args, kwargs)
+            named = _attention_arguments(args, kwargs)
+            query, key, value = named["query"], named["key"], named["value"]
             if not (query is key and key is value) or query.dim() != 3:
                 fix = _exclusion_fix([slot.name])
                 raise ModelError(f"layer {slot.name!r} (nn.MultiheadAttention) is called with different query, key "
@@ -270,7 +271,6 @@ class _AttentionTap:
             self.records[slot.name].append((x.detach().clone(), projected))
             projected = projected.clone() if module.batch_first else projected.clone().transpose(0, 1)
             parts = projected.chunk(3, -1)
-            named = dict(zip(("query", "key", "value"), args, strict=False)) | kwargs
             named.update(zip(("query", "key", "value"), parts, strict=True))
             return (), named
         return before
@@ -376,8 +376,9 @@ def _probe_uses(network: nn.Module, x: Tensor) -> dict[str, set[str]]:
 
     def attention_call(name: str):
         def hook(module, args, kwargs) -> None:
-            query, key, value = _query_key_value(args, kwargs)
-            if not (query is key and key is value):
+            named = _attention_arguments(args, kwargs)
+            query = named["query"]
+            if not (query is named["key"] and named["key"] is named["value"]):
                 cross.add(name)
             if query.dim() != 3 or query.shape[0 if module.batch_first else 1] != len(x):
                 unbatched.add(name)
@@ -423,10 +424,9 @@ def _probe_uses(network: nn.Module, x: Tensor) -> dict[str, set[str]]:
     return found
 
 
-def _query_key_value(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor]:
-    """nn.MultiheadAttention.forward's query, key and value, however they were passed."""
-    named = dict(zip(("query", "key", "value"), args, strict=False)) | kwargs
-    return named["query"], named["key"], named["value"]
+def _attention_arguments(args: tuple, kwargs: dict) -> dict:
+    """nn.MultiheadAttention.forward's arguments by name (query, key and value however they were passed)."""
+    return dict(zip(("query", "key", "value"), args, strict=False)) | kwargs
 
 
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.Embedding, nn.MultiheadAttention)
