@@ -1,5 +1,6 @@
 """The same numbers on CUDA as on the CPU (float64, a small BatchNorm CNN): training, EK-FAC, SOURCE,
-influence, TracIn, TRAK, ground truth and the bf16 products. Skipped on machines without CUDA."""
+influence, TracIn, TRAK, checkpointed exact unrolling, ground truth and the bf16 products. Skipped on machines
+without CUDA."""
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ def _everything(device: str) -> dict:
     out = {"final": run.final.cpu()}
     for method in ("influence", "source", "fast_source", "tracin", "trak"):
         out[method] = tdakit.attribute(run, query, method, progress=False).values.cpu()
+    out["unrolled"] = tdakit.attribute(run, query, "unrolled", keep_every=2, progress=False).values.cpu()
     out["truth"] = groundtruth(run, query, subsets=4, seeds=2, cache=False, progress=False).values.cpu()
     return out
 
@@ -29,7 +31,7 @@ def _everything(device: str) -> dict:
 def test_cuda_gives_the_cpu_numbers():
     cpu, cuda = _everything("cpu"), _everything("cuda")
     assert torch.allclose(cpu["final"], cuda["final"], rtol=1e-8, atol=1e-10)
-    for key in ("influence", "source", "fast_source", "tracin", "trak", "truth"):
+    for key in ("influence", "source", "fast_source", "tracin", "trak", "unrolled", "truth"):
         assert torch.allclose(cpu[key], cuda[key], rtol=1e-6, atol=1e-8 * float(cpu[key].abs().max())), key
 
 

@@ -1,5 +1,7 @@
 """Exact unrolled differentiation against central finite differences of the weighted training run."""
 
+import json
+
 import pytest
 import torch
 
@@ -115,3 +117,35 @@ def test_checkpointed_unrolling_gives_the_same_scores_through_batchnorm_and_stag
 def test_keep_every_is_checked():
     with pytest.raises(tdakit.TdakitError, match="keep_every"):
         tdakit.METHODS["unrolled"].configure(keep_every=0)
+
+
+def test_the_gpu_checks_unrolling_phase_judges_the_first_queries(tmp_path):
+    """benchmarks/gpu_cifar10.py's exact-unrolling phase, on a small BatchNorm CNN: the states it says it stores,
+    and every method's LDS on the first Q queries against the same ground truth cut to those queries."""
+    import importlib.util
+    from pathlib import Path
+
+    from tdakit.attribution.trajectory import auto_every
+    from tdakit.evaluation import GroundTruth, groundtruth, lds
+
+    from .distributed_job import problem
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_cifar10.py"
+    spec = importlib.util.spec_from_file_location("gpu_cifar10", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model, data, query, recipe = problem()
+    run = tdakit.train(model, data, recipe, tdakit.Classification(), checkpoints=2, dtype=torch.float64,
+                       progress=False, cache=False)
+    truth = groundtruth(run, query, subsets=10, seeds=1, cache=False, progress=False)
+    scores = {"influence": tdakit.attribute(run, query, "influence", progress=False)}
+    report = {"phases": {}}
+    script.exact_unrolling(run, query, scores, truth, 3, torch.device("cpu"), report, tmp_path / "report.json")
+    few = GroundTruth(truth.masks, truth.values[:, :, :3])
+    reference = unrolled_scores(run, query.subset(slice(0, 3)), written_out=False, progress=False)
+    got = report["unrolling"]
+    assert got["steps"] == run.num_steps and got["keep_every"] == auto_every(run, torch.float64)
+    assert got["lds"]["exact unrolling"][0] == round(lds(reference, few).value, 3)
+    assert got["lds"]["influence"][0] == round(lds(scores["influence"].values[:3], few).value, 3)
+    assert "exact unrolling (3 queries)" in report["phases"]
+    assert json.loads((tmp_path / "report.json").read_text())["unrolling"] == got
