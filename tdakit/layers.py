@@ -1,9 +1,11 @@
-"""A model's layer structure: which parameters form an nn.Linear, nn.Conv2d, nn.Embedding or self-attention
-layer, the hooks that read a layer's inputs and output gradients, and the layer's per-example gradient factors.
+"""A model's layer structure: which parameters form an nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding or
+self-attention layer, the hooks that read a layer's inputs and output gradients, and the layer's per-example
+gradient factors.
 
 For such a layer the parameters form one matrix W [out, in (+1 bias column)], and an example's gradient of it is
-G = sum_t d_t a_t^T over the layer's positions t (one for Linear, one per output pixel for Conv2d, one per token
-for an embedding): a_t the layer input (for Conv2d an unfolded patch, plus a 1 for the bias; for nn.Embedding
+G = sum_t d_t a_t^T over the layer's positions t (one for Linear, one per output position or pixel for Conv1d and
+Conv2d, one per token for an embedding): a_t the layer input (for a convolution an unfolded patch, plus a 1 for the
+bias; for nn.Embedding
 [V, E], whose matrix is W^T [E, V], the one-hot row of the token, zero at padding_idx, which is passed around as
 the token id itself, -1 for padding: ``LayerSlot.one_hot``), d_t the gradient of the loss with respect to the
 layer's output. Forward hooks read a_t and let autograd give d_t, so per-example
@@ -90,7 +92,8 @@ def outside_uses(model: FlatModel, x: Tensor) -> dict[str, set[str]]:
 
 def factored(model: FlatModel, exclude: Sequence[str] = (), strict: bool = True,
              example: Tensor | None = None) -> tuple[list[LayerSlot], list[slice]]:
-    """The layers with a Kronecker-factored form (nn.Linear, nn.Conv2d) and the flat slices of the
+    """The layers with a Kronecker-factored form (nn.Linear, nn.Conv1d/2d, nn.Embedding, self-attention) and
+    the flat slices of the
     ``exclude``d ones. Shared by K-FAC/EK-FAC curvature, hook-based gradients, TRAK's projections.
 
     A layer is factored when its weight is used by its own forward call alone: not tied to another layer's,
@@ -152,9 +155,9 @@ def factored(model: FlatModel, exclude: Sequence[str] = (), strict: bool = True,
     if strict and not slots:
         reasons = " ".join(reason for reason, _ in problems)
         left = "left " if problems or exclude else ""
-        raise ModelError(f"{reasons + ' ' if reasons else ''}The model has no nn.Linear, nn.Conv2d or "
-                         f"self-attention layer {left}to factor, which Kronecker curvatures (K-FAC, EK-FAC) and TRAK "
-                         "need: use a dense curvature (curvature='ggn', or 'auto') with influence "
+        raise ModelError(f"{reasons + ' ' if reasons else ''}The model has no nn.Linear, convolution, "
+                         f"embedding or self-attention layer {left}to factor, which Kronecker curvatures (K-FAC, "
+                         "EK-FAC) and TRAK need: use a dense curvature (curvature='ggn', or 'auto') with influence "
                          "and SOURCE")
     if model.num_state:
         excluded.append(model.state_slice)
@@ -163,7 +166,7 @@ def factored(model: FlatModel, exclude: Sequence[str] = (), strict: bool = True,
 
 def hook_split(model: FlatModel, example: Tensor | None = None) -> tuple[list[LayerSlot], Tensor] | None:
     """For per-example gradients: the layers whose gradients forward hooks give as d a^T (``factored`` with
-    strict=False: every nn.Linear, and nn.Conv2d with groups=1 and numeric zero padding, whose weight only
+    strict=False: every nn.Linear, and nn.Conv1d/2d with groups=1 and even zero padding, whose weight only
     its own call uses -- probed on ``example``), and the flat indices [R] of every other trainable
     parameter (tied, used elsewhere, or of another kind: for torch.func). None when no layer qualifies."""
     slots, _ = factored(model, strict=False, example=example)
@@ -317,9 +320,10 @@ def _not_factorable(name: str, module: nn.Module, owners: dict[int, list[str]],
             return (f"layer {label!r}'s parameter {p_name!r} is used outside its own forward call (inside "
                     f"{', '.join(sorted(repr(w) for w in places))}), so its gradient is not d a^T.", [name])
     if not factorable(module):
-        if isinstance(module, nn.Conv2d):
-            return (f"layer {label!r}: K-FAC supports Conv2d with groups=1, numeric padding and padding_mode="
-                    "'zeros'.", [name])
+        if isinstance(module, CONVOLUTIONS):
+            return (f"layer {label!r}: K-FAC supports {type(module).__name__} with groups=1, padding_mode='zeros' "
+                    "and the same padding on both sides (numbers, 'valid', or 'same' where dilation x (kernel - 1) is "
+                    "even, as with an odd kernel).", [name])
         if isinstance(module, nn.Embedding):
             return (f"layer {label!r}: K-FAC supports nn.Embedding without max_norm (which rewrites the weight) "
                     "and without scale_grad_by_freq.", [name])
@@ -327,7 +331,7 @@ def _not_factorable(name: str, module: nn.Module, owners: dict[int, list[str]],
             return (f"layer {label!r}: K-FAC supports nn.MultiheadAttention with one embedding size for query, key "
                     "and value (kdim = vdim = embed_dim) and add_bias_kv=False.", [name])
         return (f"layer {label!r} ({type(module).__name__}) has parameters but no Kronecker-factored form "
-                "(K-FAC/EK-FAC support nn.Linear, nn.Conv2d, nn.Embedding and self-attention).", [name])
+                "(K-FAC/EK-FAC support nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding and self-attention).", [name])
     return None
 
 
@@ -429,19 +433,31 @@ def _attention_arguments(args: tuple, kwargs: dict) -> dict:
     return dict(zip(("query", "key", "value"), args, strict=False)) | kwargs
 
 
-SUPPORTED = (nn.Linear, nn.Conv2d, nn.Embedding, nn.MultiheadAttention)
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d)  # their patches are unfolded (a Conv1d as a Conv2d of height 1)
+SUPPORTED = (nn.Linear, *CONVOLUTIONS, nn.Embedding, nn.MultiheadAttention)
 
 
 def factorable(module: nn.Module) -> bool:
     """Whether a layer's gradient is sum_t d_t a_t^T over positions (LayerSlot's form); for nn.MultiheadAttention,
     its in-projection's (when called as self-attention, which ``outside_uses`` probes)."""
-    if isinstance(module, nn.Conv2d):
-        return module.groups == 1 and not isinstance(module.padding, str) and module.padding_mode == "zeros"
+    if isinstance(module, CONVOLUTIONS):
+        return module.groups == 1 and module.padding_mode == "zeros" and _numeric_padding(module) is not None
     if isinstance(module, nn.MultiheadAttention):
         return _self_attention(module)
     if isinstance(module, nn.Embedding):
         return module.max_norm is None and not module.scale_grad_by_freq
     return isinstance(module, SUPPORTED)
+
+
+def _numeric_padding(conv: nn.Conv1d | nn.Conv2d) -> tuple[int, ...] | None:
+    """The zero padding per side of each spatial dimension (padding="valid" is 0, "same" is dilation (k - 1) / 2),
+    or None when "same" pads unevenly (an even dilation (k - 1)), which unfolding cannot express."""
+    if not isinstance(conv.padding, str):
+        return tuple(conv.padding)
+    if conv.padding == "valid":
+        return (0,) * len(conv.kernel_size)
+    total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+    return None if any(t % 2 for t in total) else tuple(t // 2 for t in total)
 
 
 def _self_attention(module: nn.Module | None) -> bool:
@@ -491,16 +507,21 @@ class LayerSlot:
             out[..., self.bias] = m[..., cols]
 
     def inputs(self, x: Tensor) -> Tensor:
-        """The layer's input -> a [n, T, in] (patches for Conv2d, a ones column for the bias; for an embedding,
+        """The layer's input -> a [n, T, in] (patches for a convolution, a ones column for the bias; for an embedding,
         the token ids [n, T], -1 at its padding_idx, whose row gets no gradient: the one-hot a is never formed)."""
         if self.one_hot:
             ids = x.reshape(x.shape[0], -1)
             if self.module.padding_idx is not None:
                 ids = ids.masked_fill(ids == self.module.padding_idx, -1)
             return ids
-        if isinstance(self.module, nn.Conv2d):
+        if isinstance(self.module, nn.Conv1d):  # [n, C, L] as an image of height 1: patches [n, L_out, C k]
             c = self.module
-            x = F.unfold(x, c.kernel_size, dilation=c.dilation, padding=c.padding, stride=c.stride).transpose(1, 2)
+            x = F.unfold(x.unsqueeze(-2), (1, *c.kernel_size), dilation=(1, *c.dilation),
+                         padding=(0, *_numeric_padding(c)), stride=(1, *c.stride)).transpose(1, 2)
+        elif isinstance(self.module, nn.Conv2d):
+            c = self.module
+            x = F.unfold(x, c.kernel_size, dilation=c.dilation, padding=_numeric_padding(c),
+                         stride=c.stride).transpose(1, 2)
         else:
             x = x.reshape(x.shape[0], -1, x.shape[-1])
         if self.bias is not None:
@@ -521,7 +542,7 @@ class LayerSlot:
 
     def output_grads(self, d: Tensor) -> Tensor:
         """Gradient w.r.t. the layer output -> d [n, T, out]."""
-        if isinstance(self.module, nn.Conv2d):
+        if isinstance(self.module, CONVOLUTIONS):  # [n, out, *positions]
             return d.flatten(2).transpose(1, 2)
         return d.reshape(d.shape[0], -1, d.shape[-1])
 

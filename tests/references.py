@@ -69,10 +69,17 @@ def small_cnn() -> nn.Module:
                          nn.Flatten(), nn.Linear(16, 3))
 
 
-def classification_data(n: int, image: bool = False, seed: int = 0) -> Split:
+def small_cnn1d() -> nn.Module:
+    """For sequences [n, 2, 12]: a padded ("same") and a strided, dilated nn.Conv1d (the second without a bias)."""
+    return nn.Sequential(nn.Conv1d(2, 3, 3, padding="same"), nn.Tanh(), nn.Conv1d(3, 4, 2, stride=2, dilation=2, bias=False),
+                         nn.Tanh(), nn.Flatten(), nn.Linear(20, 3))
+
+
+def classification_data(n: int, image: bool | str = False, seed: int = 0) -> Split:
+    """Features [n, 5]; image=True: [n, 1, 6, 6]; image="sequence": [n, 2, 12]."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 6, 6, generator=g, dtype=torch.float64) if image else \
-        torch.randn(n, 5, generator=g, dtype=torch.float64)
+    shape = {False: (5,), True: (1, 6, 6), "sequence": (2, 12)}[image]
+    x = torch.randn(n, *shape, generator=g, dtype=torch.float64)
     return Split(x, torch.randint(0, 3, (n,), generator=g))
 
 

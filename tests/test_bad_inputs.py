@@ -44,11 +44,11 @@ def mlp(features: int = 4, outputs: int = 1, seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(features, 8), nn.Tanh(), nn.Linear(8, outputs))
 
 
-def with_conv1d(features: int = 4) -> nn.Module:
-    """A layer with no Kronecker form (nn.Conv1d, at index 1) between factorable ones."""
+def with_grouped_conv(features: int = 4) -> nn.Module:
+    """A layer with no Kronecker form (a grouped nn.Conv1d, at index 1) between factorable ones."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Unflatten(1, (1, features)), nn.Conv1d(1, 2, 2), nn.Flatten(), nn.Tanh(),
-                         nn.Linear(2 * (features - 1), 1))
+    return nn.Sequential(nn.Unflatten(1, (2, features // 2)), nn.Conv1d(2, 4, 1, groups=2), nn.Flatten(), nn.Tanh(),
+                         nn.Linear(2 * features, 1))
 
 
 def train(model, data, task=None, **kw):
@@ -60,7 +60,7 @@ def train(model, data, task=None, **kw):
 def runs():
     reg, cls = regression_data(), class_data()
     return {"reg": train(mlp(), reg), "cls": train(mlp(outputs=3), cls, tdakit.Classification()),
-            "norm": train(with_conv1d(), reg), "reg_data": reg, "cls_data": cls}
+            "norm": train(with_grouped_conv(), reg), "reg_data": reg, "cls_data": cls}
 
 
 @dataclass
@@ -162,11 +162,11 @@ def cases(runs) -> list[Case]:
              errors.SettingError, ("damping",)),
         Case("an unknown precision", lambda: tdakit.attribute(r, q_reg, "tracin", precision="fp8"),
              errors.SettingError, ("precision",)),
-        Case("a Conv1d under EK-FAC", lambda: tdakit.attribute(norm, q_reg, "influence", curvature="ekfac",
+        Case("a grouped Conv1d under EK-FAC", lambda: tdakit.attribute(norm, q_reg, "influence", curvature="ekfac",
                                                                   progress=False),
              errors.ModelError, ("Kronecker(exclude=['1'])",),
              lambda: tdakit.attribute(norm, q_reg, "influence", curvature=Kronecker(exclude=["1"]), progress=False)),
-        Case("a Conv1d under TRAK", lambda: tdakit.attribute(norm, q_reg, "trak", progress=False),
+        Case("a grouped Conv1d under TRAK", lambda: tdakit.attribute(norm, q_reg, "trak", progress=False),
              errors.ModelError, ("exclude=['1'] for TRAK",),
              lambda: tdakit.attribute(norm, q_reg, "trak", exclude=["1"], progress=False)),
         # ground truth and LDS

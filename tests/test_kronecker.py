@@ -15,7 +15,7 @@ from tdakit.layers import gradient_factors
 from tdakit.models import FlatModel
 
 from . import references
-from .references import classification_data, small_cnn
+from .references import classification_data, small_cnn, small_cnn1d
 
 WD = 1e-3
 
@@ -39,7 +39,8 @@ def test_single_linear_layer_one_example_is_exact(task, eigen_correction):
     assert torch.allclose(K.dense(), dense_ggn(model, task, theta, data), atol=1e-12)
 
 
-@pytest.mark.parametrize("module, image", [(lambda: tdakit.mlp(5, (8, 6), 3, "tanh"), False), (small_cnn, True)])
+@pytest.mark.parametrize("module, image", [(lambda: tdakit.mlp(5, (8, 6), 3, "tanh"), False), (small_cnn, True),
+                                           (small_cnn1d, "sequence")])
 def test_ekfac_eigenvalues_are_the_exact_curvature_diagonal_in_the_kronecker_basis(module, image):
     data = classification_data(24, image)
     run = trained(module(), data, tdakit.Classification())
@@ -89,7 +90,8 @@ def test_ekfac_agrees_with_the_dense_gauss_newton(module, image, cos_bound, scor
     assert (K["ekfac"].dense() - block).norm() <= (K["kfac"].dense() - block).norm() + 1e-12
 
 
-@pytest.mark.parametrize("module, image", [(lambda: tdakit.mlp(5, (8, 6), 3, "tanh"), False), (small_cnn, True)])
+@pytest.mark.parametrize("module, image", [(lambda: tdakit.mlp(5, (8, 6), 3, "tanh"), False), (small_cnn, True),
+                                           (small_cnn1d, "sequence")])
 def test_per_example_gradients_equal_a_loop_of_autograd(module, image):
     data = classification_data(10, image)
     model, task = FlatModel(module()), tdakit.Classification()
@@ -140,13 +142,14 @@ class WithConv1d(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Linear(5, 6)
-        self.conv = nn.Conv1d(1, 1, 3, padding=1)
+        self.conv = nn.Conv1d(1, 1, 2, padding="same")  # uneven padding: no unfolded-patch form
         self.head = nn.Linear(6, 3)
 
     def forward(self, x):
         return self.head(torch.tanh(self.conv(self.body(x)[:, None])[:, 0]))
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # PyTorch's note on uneven padding
 def test_layer_norm_is_left_out_like_batch_norm_and_a_layer_without_kronecker_form_is_named():
     model, task, data = FlatModel(WithNorm()), tdakit.Classification(), classification_data(12)
     theta = model.init(0, torch.float64)
@@ -160,7 +163,7 @@ def test_layer_norm_is_left_out_like_batch_norm_and_a_layer_without_kronecker_fo
     assert out[:, ~norm].abs().min() > 0  # every factored parameter is covered
     model = FlatModel(WithConv1d())
     theta = model.init(0, torch.float64)
-    with pytest.raises(ValueError, match=r"'conv' \(Conv1d\).*exclude=\['conv'\]"):
+    with pytest.raises(ValueError, match=r"'conv': K-FAC supports Conv1d with .*'same' where.*exclude=\['conv'\]"):
         curv.fit("ekfac", model, task, theta[None], data, WD)
     with pytest.raises(ValueError, match="not layers of the model"):
         curv.Kronecker(exclude=("cnov",)).fit(model, task, theta[None], data, WD)
@@ -255,3 +258,25 @@ def test_apply_many_equals_separate_applies_and_source_walks_through_it(narrow_c
         g = H.apply(curv.functions.forget(eta, seg.steps), g)
     got = tdakit.attribute(run, query, "source", segments=3, curvature="ekfac").values.double()
     assert torch.allclose(got, -expected / run.num_train, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+
+
+def test_a_conv1d_has_the_kronecker_factors_of_a_conv2d_of_height_one():
+    """nn.Conv1d is factored like the nn.Conv2d with kernel (1, k) holding the same weights, on the same sequences
+    seen as images of height 1: the same EK-FAC influence, K-FAC SOURCE and TRAK scores (float64)."""
+    data, query = classification_data(32, "sequence"), classification_data(4, "sequence", seed=5)
+    as_images = nn.Sequential(nn.Unflatten(2, (1, 12)), nn.Conv2d(2, 3, (1, 3), padding=(0, 1)), nn.Tanh(),
+                              nn.Conv2d(3, 4, (1, 2), stride=(1, 2), dilation=(1, 2), bias=False), nn.Tanh(),
+                              nn.Flatten(), nn.Linear(20, 3))
+    recipe = tdakit.Recipe(lr=0.1, epochs=3, batch_size=8, momentum=0.9, weight_decay=WD)
+    init = FlatModel(small_cnn1d()).init(0, torch.float64)  # [out, C, k] and [out, C, 1, k] flatten alike
+    scores = []
+    for module in (small_cnn1d(), as_images):
+        run = tdakit.train(module, data, recipe, tdakit.Classification(), checkpoints=2, init=init,
+                           dtype=torch.float64, progress=False, cache=False)
+        scores.append([tdakit.attribute(run, query, method, progress=False, **settings).values
+                       for method, settings in [("influence", {"curvature": "ekfac"}),
+                                                ("source", {"segments": 2, "curvature": "kfac"}),
+                                                ("trak", {"projection": 8})]])
+    for ours, reference in zip(*scores, strict=True):
+        assert ours.abs().max() > 0
+        assert torch.allclose(ours, reference, rtol=0, atol=1e-8 * float(reference.abs().max()))

@@ -77,8 +77,8 @@ def evaluate(plans: Sequence[Plan], options: ProductOptions | None = None, chunk
     """Scores [Q, N] float64 of every plan. Terms that share training data (the same Split object) and
     equal theta share one pass of per-example gradients. options: the precision of the products and how the
     training gradients are made (``settings.ProductOptions``; "hooks" contracts u with the layer inputs and
-    output gradients of every nn.Linear / nn.Conv2d through ``FactoredQueries`` and uses torch.func for the
-    other parameters). chunk: training points per pass (default: sized to the device's memory)."""
+    output gradients of every factored layer (``layers.factored``) through ``FactoredQueries`` and uses
+    torch.func for the other parameters). chunk: training points per pass (default: sized to the device's memory)."""
     options = options or ProductOptions()
     precision, gradients = options.precision, options.gradients
     groups: list[tuple[Plan, Tensor, list[tuple[int, Term]]]] = []
@@ -97,8 +97,8 @@ def evaluate(plans: Sequence[Plan], options: ProductOptions | None = None, chunk
         data = first.data.to(theta.dtype, theta.device)
         split = None if gradients == "vmap" else hook_split(first.model, data.x[:1])
         if gradients == "hooks" and split is None:
-            raise ModelError("gradients='hooks' needs an nn.Linear or nn.Conv2d layer whose weight only its own call "
-                             "uses; use gradients='auto'")
+            raise ModelError("gradients='hooks' needs an nn.Linear, convolution, embedding or self-attention layer "
+                             "whose weight only its own call uses; use gradients='auto'")
         factored = None if split is None else FactoredQueries(first.model, u, *split)
         size = chunk or (factored.examples_per_chunk(first.task, theta, data) if factored is not None
                          else rows_per_chunk(theta.numel(), device=theta.device))
@@ -123,7 +123,7 @@ class FactoredQueries:
     """Query-side vectors u [Q, P] arranged for products with per-example gradients made by hooks.
 
     For a layer with inputs a_t [in] and output gradients d_t [out] at positions t (one position for
-    nn.Linear, the unfolded patches of nn.Conv2d), example i's gradient of the layer matrix is
+    nn.Linear, the unfolded patches of a convolution), example i's gradient of the layer matrix is
     G_i = sum_t d_it a_it^T, so u . grad L(z_i) = sum over layers of <U_l, G_i> with U_l the layer's block
     of u as a matrix [out, in]. Per-example gradients exist one layer at a time (never as a flat [n, P]
     tensor); parameters outside such layers (normalisation layers, unsupported ones) are differentiated

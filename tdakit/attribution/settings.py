@@ -205,8 +205,8 @@ class TrakSettings(Settings):
 class ProductOptions:
     """How the shared score products u . grad L(z_i, theta) are made (influence, SOURCE, Fast-SOURCE, TracIn,
     grad_dot). precision: "float32" (the run's dtype) or "bf16" (bfloat16 inputs, float32 accumulation: tensor
-    cores on a GPU). gradients: "hooks" (layer inputs and output gradients of every nn.Linear / nn.Conv2d, torch.func
-    for the other parameters), "vmap" (flat per-example gradients from torch.func) or "auto" (hooks where the
+    cores on a GPU). gradients: "hooks" (layer inputs and output gradients of every factored layer, torch.func for
+    the other parameters), "vmap" (flat per-example gradients from torch.func) or "auto" (hooks where the
     model has such layers). The default is right; the others are for comparisons."""
 
     precision: str = "float32"

@@ -2,7 +2,8 @@
 
 Registered backends (``BACKENDS``): "ggn" (exact Gauss-Newton in sample space), "hessian" (full, small
 models), "hessian_clipped" (its negative eigenvalues set to 0), "ekfac" and "kfac" (Kronecker-factored,
-nn.Linear and nn.Conv2d). ``Kronecker(...)`` passes K-FAC/EK-FAC options wherever a name is accepted.
+nn.Linear, nn.Conv1d/2d, nn.Embedding, self-attention). ``Kronecker(...)`` passes K-FAC/EK-FAC options
+wherever a name is accepted.
 A new backend registers itself with ``@register("name")`` (docs/curvature.md).
 """
 

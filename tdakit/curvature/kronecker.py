@@ -1,8 +1,8 @@
-"""K-FAC and EK-FAC curvature for nn.Linear and nn.Conv2d layers (docs/curvature.md).
+"""K-FAC and EK-FAC curvature for nn.Linear, nn.Conv1d/2d, nn.Embedding and self-attention (docs/curvature.md).
 
 Each supported layer's parameters form one matrix W [out, in (+1 bias column)]. A training example's
 gradient of that matrix is G = sum_t d_t a_t^T over the layer's positions t (one for Linear, one per
-output pixel for Conv2d): a_t the layer input (for Conv2d an unfolded patch, plus a 1 for the bias),
+output position of a convolution): a_t the layer input (for a convolution an unfolded patch, plus a 1 for the bias),
 d_t the gradient of the loss with respect to the layer's pre-activation output. The curvature of the
 mean training loss (plus weight decay) is approximated layer by layer (block diagonal) by
 

@@ -1,0 +1,100 @@
+"""nn.Conv1d factored by the Kronecker methods, against leaving it out: a convolutional language model on
+WikiText-2 judged by retraining.
+
+    tdakit wikitext2 --archive ../shared/data/wikitext2-valid-test.tar.xz     # once: into the data folder
+    python benchmarks/conv1d_lds.py --subsets 40 --seeds 2
+
+The `wikitext2` preset's data (1,000 passages of 32 tokens, 2,000 words, 50 query passages) and recipe, with a
+causal convolutional model in place of the Transformer: token embeddings, two nn.Conv1d layers of kernel 3 over
+the positions (each padded on the left only, so that position t sees tokens up to t), ReLU, and a Linear head
+to the vocabulary. Influence, SOURCE and TRAK with the convolutions factored (the default now) and with them
+left out (what the Kronecker methods needed before: their parameters then contribute 0), beside TracIn and the
+gradient similarities, against a fresh-seed ground truth of half subsets (cached in TDAKIT_CACHE). Writes
+benchmarks/results/conv1d_wikitext2.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import tdakit
+from tdakit.curvature import Kronecker
+from tdakit.evaluation import reliability
+from tdakit.experiment import Method, run_experiment
+from tdakit.presets import preset
+
+OUT = Path("benchmarks/results")
+CONVOLUTIONS = ("first", "second")
+
+
+class ConvLM(nn.Module):
+    """ids [n, L] -> next-token logits [n, L, vocabulary] through two causal convolutions of ``kernel``."""
+
+    def __init__(self, vocabulary: int, width: int = 32, kernel: int = 3):
+        super().__init__()
+        self.tokens = nn.Embedding(vocabulary, width)
+        self.first = nn.Conv1d(width, width, kernel)
+        self.second = nn.Conv1d(width, width, kernel)
+        self.head = nn.Linear(width, vocabulary)
+        self.kernel = kernel
+
+    def causal(self, conv: nn.Conv1d, h: Tensor) -> Tensor:
+        return torch.relu(conv(F.pad(h, (self.kernel - 1, 0))))  # [n, C, L]: position t sees t - k + 1 .. t
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.tokens(ids).transpose(1, 2)
+        h = self.causal(self.second, self.causal(self.first, h))
+        return self.head(h.transpose(1, 2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subsets", type=int, default=40)
+    parser.add_argument("--seeds", type=int, default=2)
+    args = parser.parse_args()
+    setting = preset("wikitext2")
+    data = setting.data()
+    torch.manual_seed(0)
+    model = ConvLM(len(data.vocabulary))
+    start = time.perf_counter()
+    run = tdakit.train(model, data.train, setting.recipe, setting.task, checkpoints=setting.checkpoints,
+                       progress=False)
+    with torch.no_grad():
+        loss = float(run.task.loss(run.model(run.final, data.test.x[:500]), data.test.y[:500]).mean())
+    print(f"ConvLM on {len(data.train)} WikiText-2 passages: {run.model.num_params:,} parameters, {run.num_steps} "
+          f"steps, test loss {loss:.3f} nats/token ({time.perf_counter() - start:.0f} s)", flush=True)
+    start = time.perf_counter()
+    truth = tdakit.groundtruth(run, data.query, subsets=args.subsets, fraction=0.5, seeds=args.seeds,
+                               progress=False)
+    print(f"ground truth M = {args.subsets}, R = {args.seeds}: {reliability(truth)} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    factored = setting.curvature  # the sampled Fisher of a language model; every layer factored
+    left_out = dataclasses.replace(factored, exclude=CONVOLUTIONS)
+    assert isinstance(left_out, Kronecker)
+    methods = {"influence": Method("influence", curvature=factored),
+               "influence, convolutions left out": Method("influence", curvature=left_out),
+               "SOURCE (L=3)": Method("source", segments=3, curvature=factored),
+               "SOURCE (L=3), convolutions left out": Method("source", segments=3, curvature=left_out),
+               "TRAK": Method("trak"), "TRAK, convolutions left out": Method("trak", exclude=CONVOLUTIONS),
+               "TracIn": Method("tracin"), "grad dot": Method("grad_dot"), "grad cos": Method("grad_cos")}
+    table = run_experiment(run, data.query, methods, truth, baseline="influence, convolutions left out",
+                           title="ConvLM on WikiText-2, fresh seeds, halves", progress=False)
+    print(table, flush=True)
+    OUT.mkdir(exist_ok=True)
+    out = {"parameters": run.model.num_params, "steps": run.num_steps, "test_loss": loss,
+           "convolution_parameters": sum(p.numel() for name in CONVOLUTIONS
+                                         for p in getattr(model, name).parameters()),
+           "table": table.as_dict()}
+    (OUT / "conv1d_wikitext2.json").write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
