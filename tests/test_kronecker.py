@@ -90,8 +90,13 @@ def test_ekfac_agrees_with_the_dense_gauss_newton(module, image, cos_bound, scor
     assert (K["ekfac"].dense() - block).norm() <= (K["kfac"].dense() - block).norm() + 1e-12
 
 
+def string_padded_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"), nn.Tanh(), nn.Conv2d(2, 2, 3, padding="valid"),
+                         nn.Flatten(), nn.Linear(32, 3))
+
+
 @pytest.mark.parametrize("module, image", [(lambda: tdakit.mlp(5, (8, 6), 3, "tanh"), False), (small_cnn, True),
-                                           (small_cnn1d, "sequence")])
+                                           (small_cnn1d, "sequence"), (string_padded_cnn, True)])
 def test_per_example_gradients_equal_a_loop_of_autograd(module, image):
     data = classification_data(10, image)
     model, task = FlatModel(module()), tdakit.Classification()
