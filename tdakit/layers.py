@@ -5,10 +5,9 @@ gradient factors.
 For such a layer the parameters form one matrix W [out, in (+1 bias column)], and an example's gradient of it is
 G = sum_t d_t a_t^T over the layer's positions t (one for Linear, one per output position or pixel for Conv1d and
 Conv2d, one per token for an embedding): a_t the layer input (for a convolution an unfolded patch, plus a 1 for the
-bias; for nn.Embedding
-[V, E], whose matrix is W^T [E, V], the one-hot row of the token, zero at padding_idx, which is passed around as
-the token id itself, -1 for padding: ``LayerSlot.one_hot``), d_t the gradient of the loss with respect to the
-layer's output. Forward hooks read a_t and let autograd give d_t, so per-example
+bias; for nn.Embedding [V, E], whose matrix is W^T [E, V], the one-hot row of the token, zero at padding_idx,
+which is passed around as the token id itself, -1 for padding: ``LayerSlot.one_hot``), d_t the gradient of the
+loss with respect to the layer's output. Forward hooks read a_t and let autograd give d_t, so per-example
 gradients exist one layer at a time and never as a flat [n, P] tensor. The Kronecker curvature backends
 (curvature/kronecker.py), the score products (attribution/products.py) and TRAK's projections all read layers
 through this module:
@@ -93,8 +92,8 @@ def outside_uses(model: FlatModel, x: Tensor) -> dict[str, set[str]]:
 def factored(model: FlatModel, exclude: Sequence[str] = (), strict: bool = True,
              example: Tensor | None = None) -> tuple[list[LayerSlot], list[slice]]:
     """The layers with a Kronecker-factored form (nn.Linear, nn.Conv1d/2d, nn.Embedding, self-attention) and
-    the flat slices of the
-    ``exclude``d ones. Shared by K-FAC/EK-FAC curvature, hook-based gradients, TRAK's projections.
+    the flat slices of the ``exclude``d ones. Shared by K-FAC/EK-FAC curvature, hook-based gradients, TRAK's
+    projections.
 
     A layer is factored when its weight is used by its own forward call alone: not tied to another layer's,
     not read by another module (``outside_uses``, probed on ``example`` [n, *features] when given; pass it
