@@ -2,15 +2,19 @@
 WikiText-2 judged by retraining.
 
     tdakit wikitext2 --archive ../shared/data/wikitext2-valid-test.tar.xz     # once: into the data folder
-    python benchmarks/conv1d_lds.py --subsets 40 --seeds 2
+    python benchmarks/conv1d_lds.py --subsets 40 --seeds 2 --unrolling
+    python benchmarks/conv1d_lds.py --subsets 40 --unrolling --protocol same
 
 The `wikitext2` preset's data (1,000 passages of 32 tokens, 2,000 words, 50 query passages) and recipe, with a
 causal convolutional model in place of the Transformer: token embeddings, two nn.Conv1d layers of kernel 3 over
 the positions (each padded on the left only, so that position t sees tokens up to t), ReLU, and a Linear head
 to the vocabulary. Influence, SOURCE and TRAK with the convolutions factored (the default now) and with them
-left out (what the Kronecker methods needed before: their parameters then contribute 0), beside TracIn and the
-gradient similarities, against a fresh-seed ground truth of half subsets (cached in TDAKIT_CACHE). Writes
-benchmarks/results/conv1d_wikitext2.json.
+left out (what the Kronecker methods needed before: their parameters then contribute 0), influence from the
+output layer alone and at the heuristic damping, beside TracIn, the gradient similarities and (--unrolling)
+exact unrolling, against a fresh-seed ground truth of half subsets (cached in TDAKIT_CACHE). With a
+block-diagonal curvature the influence scores are a sum over layers, so these rows show what each part adds.
+--protocol same judges them against the run's own trajectory retrained without each half instead. Writes
+benchmarks/results/conv1d_wikitext2_<protocol>.json.
 """
 
 from __future__ import annotations
@@ -59,6 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subsets", type=int, default=40)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--unrolling", action="store_true", help="exact unrolling too (about 10 minutes)")
+    parser.add_argument("--protocol", choices=["fresh", "same"], default="fresh",
+                        help="retrain with fresh seeds, or along the run's own trajectory (one retraining per subset)")
     args = parser.parse_args()
     setting = preset("wikitext2")
     data = setting.data()
@@ -72,28 +79,35 @@ def main() -> None:
     print(f"ConvLM on {len(data.train)} WikiText-2 passages: {run.model.num_params:,} parameters, {run.num_steps} "
           f"steps, test loss {loss:.3f} nats/token ({time.perf_counter() - start:.0f} s)", flush=True)
     start = time.perf_counter()
-    truth = tdakit.groundtruth(run, data.query, subsets=args.subsets, fraction=0.5, seeds=args.seeds,
-                               progress=False)
-    print(f"ground truth M = {args.subsets}, R = {args.seeds}: {reliability(truth)} "
+    seeds = args.seeds if args.protocol == "fresh" else 1
+    truth = tdakit.groundtruth(run, data.query, subsets=args.subsets, fraction=0.5, seeds=seeds,
+                               protocol=args.protocol, progress=False)
+    print(f"ground truth ({args.protocol}) M = {args.subsets}, R = {seeds}: {reliability(truth)} "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
     factored = setting.curvature  # the sampled Fisher of a language model; every layer factored
     left_out = dataclasses.replace(factored, exclude=CONVOLUTIONS)
     assert isinstance(left_out, Kronecker)
-    methods = {"influence": Method("influence", curvature=factored),
+    head_alone = dataclasses.replace(factored, exclude=("tokens", *CONVOLUTIONS))
+    methods = {**({"exact unrolling": Method("unrolled")} if args.unrolling else {}),
+               "influence": Method("influence", curvature=factored),
                "influence, convolutions left out": Method("influence", curvature=left_out),
+               "influence, the head alone": Method("influence", curvature=head_alone),
+               "influence, heuristic damping": Method("influence", curvature=factored, damping="heuristic"),
+               "influence, heuristic damping, convolutions left out": Method("influence", curvature=left_out,
+                                                                             damping="heuristic"),
                "SOURCE (L=3)": Method("source", segments=3, curvature=factored),
                "SOURCE (L=3), convolutions left out": Method("source", segments=3, curvature=left_out),
                "TRAK": Method("trak"), "TRAK, convolutions left out": Method("trak", exclude=CONVOLUTIONS),
                "TracIn": Method("tracin"), "grad dot": Method("grad_dot"), "grad cos": Method("grad_cos")}
     table = run_experiment(run, data.query, methods, truth, baseline="influence, convolutions left out",
-                           title="ConvLM on WikiText-2, fresh seeds, halves", progress=False)
+                           title=f"ConvLM on WikiText-2, {args.protocol} protocol, halves", progress=False)
     print(table, flush=True)
     OUT.mkdir(exist_ok=True)
     out = {"parameters": run.model.num_params, "steps": run.num_steps, "test_loss": loss,
            "convolution_parameters": sum(p.numel() for name in CONVOLUTIONS
                                          for p in getattr(model, name).parameters()),
            "table": table.as_dict()}
-    (OUT / "conv1d_wikitext2.json").write_text(json.dumps(out, indent=1, default=str))
+    (OUT / f"conv1d_wikitext2_{args.protocol}.json").write_text(json.dumps(out, indent=1, default=str))
 
 
 if __name__ == "__main__":
