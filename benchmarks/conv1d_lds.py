@@ -4,6 +4,7 @@ WikiText-2 judged by retraining.
     tdakit wikitext2 --archive ../shared/data/wikitext2-valid-test.tar.xz     # once: into the data folder
     python benchmarks/conv1d_lds.py --subsets 40 --seeds 2 --unrolling
     python benchmarks/conv1d_lds.py --subsets 40 --unrolling --protocol same
+    python benchmarks/conv1d_lds.py --subsets 40 --unrolling --protocol same --kept 0.99    # 1% removed
 
 The `wikitext2` preset's data (1,000 passages of 32 tokens, 2,000 words, 50 query passages) and recipe, with a
 causal convolutional model in place of the Transformer: token embeddings, two nn.Conv1d layers of kernel 3 over
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--unrolling", action="store_true", help="exact unrolling too (about 10 minutes)")
     parser.add_argument("--protocol", choices=["fresh", "same"], default="fresh",
                         help="retrain with fresh seeds, or along the run's own trajectory (one retraining per subset)")
+    parser.add_argument("--kept", type=float, default=0.5, help="the share of the training passages each subset keeps")
     args = parser.parse_args()
     setting = preset("wikitext2")
     data = setting.data()
@@ -80,9 +82,9 @@ def main() -> None:
           f"steps, test loss {loss:.3f} nats/token ({time.perf_counter() - start:.0f} s)", flush=True)
     start = time.perf_counter()
     seeds = args.seeds if args.protocol == "fresh" else 1
-    truth = tdakit.groundtruth(run, data.query, subsets=args.subsets, fraction=0.5, seeds=seeds,
+    truth = tdakit.groundtruth(run, data.query, subsets=args.subsets, fraction=args.kept, seeds=seeds,
                                protocol=args.protocol, progress=False)
-    print(f"ground truth ({args.protocol}) M = {args.subsets}, R = {seeds}: {reliability(truth)} "
+    print(f"ground truth ({args.protocol}, {args.kept:.0%} kept) M = {args.subsets}, R = {seeds}: {reliability(truth)} "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
     factored = setting.curvature  # the sampled Fisher of a language model; every layer factored
     left_out = dataclasses.replace(factored, exclude=CONVOLUTIONS)
@@ -100,14 +102,16 @@ def main() -> None:
                "TRAK": Method("trak"), "TRAK, convolutions left out": Method("trak", exclude=CONVOLUTIONS),
                "TracIn": Method("tracin"), "grad dot": Method("grad_dot"), "grad cos": Method("grad_cos")}
     table = run_experiment(run, data.query, methods, truth, baseline="influence, convolutions left out",
-                           title=f"ConvLM on WikiText-2, {args.protocol} protocol, halves", progress=False)
+                           title=f"ConvLM on WikiText-2, {args.protocol} protocol, {args.kept:.0%} kept",
+                           progress=False)
     print(table, flush=True)
     OUT.mkdir(exist_ok=True)
     out = {"parameters": run.model.num_params, "steps": run.num_steps, "test_loss": loss,
            "convolution_parameters": sum(p.numel() for name in CONVOLUTIONS
                                          for p in getattr(model, name).parameters()),
            "table": table.as_dict()}
-    (OUT / f"conv1d_wikitext2_{args.protocol}.json").write_text(json.dumps(out, indent=1, default=str))
+    kept = "" if args.kept == 0.5 else f"_kept{args.kept:g}"
+    (OUT / f"conv1d_wikitext2_{args.protocol}{kept}.json").write_text(json.dumps(out, indent=1, default=str))
 
 
 if __name__ == "__main__":

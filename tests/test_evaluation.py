@@ -274,3 +274,33 @@ def test_same_and_fresh_ground_truths_are_cached_apart(tiny_run, small_regressio
     assert not torch.equal(fresh.values, same.values)
     assert torch.equal(same.values, groundtruth(tiny_run, query, subsets=4, protocol="same", cache=tmp_path,
                                                 progress=False).values)
+
+
+def test_the_same_protocols_jitter_is_exact_unrollings_linear_response_and_flags_chaotic_training():
+    """The jittered rerun (every weight moved by +-1e-6) against exact unrolling's first-order prediction on a
+    stable run, and the warning on a run whose rate makes it chaotic (a 64-point classifier, float64)."""
+    import warnings
+
+    from tdakit.evaluation.ground_truth import JITTER, jitter_signs
+
+    from .references import classification_data
+
+    data, query = classification_data(64), classification_data(6, seed=5)
+
+    def run_at(lr):
+        return tdakit.train(tdakit.mlp(5, (16,), 3, "tanh"), data, tdakit.Recipe(lr=lr, epochs=30, batch_size=8,
+                            momentum=0.9), tdakit.Classification(), dtype=torch.float64, progress=False, cache=False)
+
+    stable = run_at(0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning on a stable run
+        truth = groundtruth(stable, query, subsets=10, fraction=0.95, protocol="same", progress=False, cache=False)
+    scores = tdakit.attribute(stable, query, "unrolled", progress=False).values
+    predicted = JITTER * scores @ (jitter_signs(len(data)) * stable.weights.double())
+    assert torch.allclose(truth.jitter, predicted, rtol=1e-4, atol=0)
+    assert truth.jitter_share < 1e-4 and str(reliability(truth)) == (
+        "reliability 1 by construction (same trajectory: retraining is deterministic), LDS ceiling 1")
+    chaotic = run_at(1.0)  # measured: jitter 0.63 x the spread across subsets
+    with pytest.warns(UserWarning, match="chaotic"):
+        truth = groundtruth(chaotic, query, subsets=10, fraction=0.95, protocol="same", progress=False, cache=False)
+    assert truth.jitter_share > 0.1 and "chaotic training" in str(reliability(truth)) and "jitter" in repr(truth)

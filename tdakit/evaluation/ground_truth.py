@@ -9,6 +9,11 @@ protocols say how each subset is retrained (docs/evaluation.md):
 - "same": the run's own trajectory rerun once per subset (its initialisation and batch order, the removed
   points weighted 0). It asks what *this* run would have done without them: the question exact unrolling
   answers exactly, to first order. Retraining is deterministic, so R = 1 and reliability is 1 by construction.
+  Two more reruns with nothing removed, one with every weight moved by a random one part in a million
+  (``JITTER``), measure the ``jitter``: how far such a change moves the outcome. On a stable run, a millionth
+  of a removal's effect; on a chaotic one (a rate at the edge of stability, where a change of 1e-4 in one point's
+  weight can move the outcome as much as removing it), as far as removing points does, so the same-trajectory
+  question has no stable answer at float precision: ``jitter_share`` says how much, and a warning says so.
 
 values[m, r, q] = f_q after retraining. Work is chunked and each chunk is cached atomically, so an interrupted
 computation resumes where it stopped.
@@ -17,6 +22,7 @@ computation resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +49,7 @@ class GroundTruth:
     masks: Tensor
     values: Tensor
     protocol: str = "fresh"  # "fresh" (new seeds) or "same" (the run's own trajectory); see the module docstring
+    jitter: Tensor | None = None  # "same": [Q] f_q of a rerun with weights moved by JITTER minus the plain rerun's
 
     @property
     def mean(self) -> Tensor:
@@ -53,6 +60,16 @@ class GroundTruth:
     def num_seeds(self) -> int:
         return self.values.shape[1]
 
+    @property
+    def jitter_share(self) -> float | None:
+        """A same-trajectory ground truth's |jitter| against the spread (standard deviation) of each query's
+        measurement across the subsets, median over queries: about 1e-6 on a stable run, 0.1 to 1 where the
+        training is chaotic and a millionth of a change moves it as far as the removals do. None if not measured."""
+        if self.jitter is None:
+            return None
+        spread = self.mean.double().std(0)
+        return float((self.jitter.double().abs() / spread.clamp(min=torch.finfo(torch.float64).tiny)).median())
+
     def _facts(self) -> dict[str, object]:
         m, r, q = self.values.shape
         kept = float(self.masks.double().mean()) if self.masks.numel() else 0.0
@@ -60,7 +77,8 @@ class GroundTruth:
                 "subsets": f"{m} subsets of {self.masks.shape[1]} training points, each keeping {kept:.0%}",
                 "seeds": f"{r} retrainings per subset", "queries": q,
                 "values": f"measurements {display.shape_of(self.values)} [subsets, seeds, queries]",
-                "warning": too_few(m, q, r if self.protocol == "fresh" else None)}
+                **({"jitter": jitter_text(self.jitter_share)} if self.jitter is not None else {}),
+                "warning": too_few(m, q, r if self.protocol == "fresh" else None) or chaotic(self.jitter_share)}
 
     def __repr__(self) -> str:
         return display.text_block("GroundTruth", self._facts())
@@ -73,6 +91,24 @@ def describe_protocol(protocol: str) -> str:
     """One line naming a ground truth's protocol, for tables and plots."""
     return {"fresh": "fresh (each subset retrained with new seeds)",
             "same": "same trajectory (the run's initialisation and batch order, removed points weighted 0)"}[protocol]
+
+
+JITTER = 1e-6  # the relative change of every weight in the jittered rerun
+CHAOTIC_SHARE = 0.01  # jitter above 1% of the spread across subsets (10,000 times a stable run's): unstable
+
+
+def jitter_text(share: float) -> str:
+    return (f"moving every weight by one part in a million moves the rerun {share:.2g} x the spread of the "
+            "measurements across subsets")
+
+
+def chaotic(share: float | None) -> str | None:
+    """A warning when a same-trajectory ground truth's jitter is large (None when it is not, or not measured)."""
+    if share is None or share <= CHAOTIC_SHARE:
+        return None
+    return (f"{jitter_text(share)}: this training is chaotic (a tiny change to the data moves its outcome as "
+            "removing points does), so the same-trajectory ground truth has no stable answer and exact unrolling's "
+            "derivative holds only for tiny changes; judge with protocol='fresh', or train at a lower rate")
 
 
 def too_few(subsets: int, queries: int, seeds: int | None = None) -> str | None:
@@ -144,7 +180,31 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
                                                  run.final.dtype, run.final.device)
     truth = collect(masks, seeds, len(query), run.final.dtype, seed, retrain_jobs, measurements_of, key, chunk,
                     cache, progress, "ground truth (models)")
-    return dataclasses.replace(truth, protocol=protocol)
+    if protocol == "fresh":
+        return truth
+    jitter = store.cached(cache, "groundtruth", store.key_of(key, "jitter", JITTER),
+                          lambda: {"values": jittered(run, measurements_of, seed)})["values"]
+    truth = dataclasses.replace(truth, protocol=protocol, jitter=jitter)
+    warning = chaotic(truth.jitter_share)
+    if warning:
+        warnings.warn(f"groundtruth: {warning}", UserWarning, stacklevel=2)
+    return truth
+
+
+def jittered(run: Run, measurements_of: Callable[[Tensor], Tensor], seed: int) -> Tensor:
+    """f_q after rerunning the run's trajectory with every weight moved by +-JITTER (random signs) minus f_q after
+    rerunning it as it is, the two trained together: [Q]."""
+    signs = jitter_signs(run.num_train, seed).to(run.final)
+    weights = run.weights.to(run.final)
+    f = measurements_of(retrain_reweighted(run, torch.stack([weights, weights * (1 + JITTER * signs)]),
+                                           progress=False))
+    return (f[1] - f[0]).cpu()
+
+
+def jitter_signs(n: int, seed: int = 0) -> Tensor:
+    """The random signs [n] (+-1, float64) of the jittered rerun's weight changes, w_i (1 + JITTER sign_i)."""
+    g = torch.Generator().manual_seed(seed_of("jitter", seed))
+    return torch.randint(0, 2, (n,), generator=g).double() * 2 - 1
 
 
 def check_protocol_seeds(protocol: str, seeds: int | None) -> int:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .ground_truth import GroundTruth, too_few
+from .ground_truth import GroundTruth, chaotic, jitter_text, too_few
 
 
 def rankdata(x: Tensor) -> Tensor:
@@ -84,10 +84,14 @@ class Reliability:
     ceiling: float
     seeds: int
     protocol: str = "fresh"  # "same": 1 by construction (one deterministic retraining per subset), not measured
+    jitter_share: float | None = None  # "same": GroundTruth.jitter_share
 
     def text(self, digits: int = 3) -> str:
         if self.protocol == "same":
-            return "reliability 1 by construction (same trajectory: retraining is deterministic), LDS ceiling 1"
+            unstable = chaotic(self.jitter_share)
+            return ("reliability 1 by construction (same trajectory: retraining is deterministic), LDS ceiling 1"
+                    + (f"; but {jitter_text(self.jitter_share)}: chaotic training, see the ground truth's warning"
+                       if unstable else ""))
         return f"reliability {self.reliability:.{digits}f} (R = {self.seeds}), LDS ceiling ~{self.ceiling:.{digits}f}"
 
     def __str__(self) -> str:
@@ -98,7 +102,7 @@ def reliability(truth: GroundTruth, splits: int = 20, seed: int = 0) -> Reliabil
     """Split the R seeds in random halves ``splits`` times; see ``Reliability``. A same-trajectory ground truth
     (``protocol="same"``) is repeatable by construction: its reliability is 1, said rather than measured."""
     if truth.protocol == "same":
-        return Reliability(1.0, 1.0, truth.num_seeds, "same")
+        return Reliability(1.0, 1.0, truth.num_seeds, "same", truth.jitter_share)
     R = truth.num_seeds
     if R < 2:
         raise InputError("reliability needs at least 2 seeds per subset; make the ground truth with seeds=2 or more")

@@ -1,0 +1,71 @@
+"""Is a run's training chaotic? The same-trajectory ground truth's jitter on every preset (issue 21's protocols).
+
+    python benchmarks/chaos.py                       # every setting below, 1% removed, M = 20
+    python benchmarks/chaos.py --settings concrete wikitext2
+
+For each setting, the preset's run and a same-trajectory ground truth (M subsets keeping 99%): its
+``jitter_share``, how far moving every training weight by one part in a million (random signs) moves the rerun's
+measurements, against their spread across the subsets (median over queries). A stable run moves by about a
+millionth; where the share passes 0.01 the run is chaotic (the warning in tdakit.groundtruth), and the
+same-trajectory question has no stable answer. "convlm" is benchmarks/conv1d_lds.py's convolutional language
+model on the wikitext2 preset's data and recipe. Writes benchmarks/results/chaos.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import tdakit
+from tdakit.presets import preset
+
+SETTINGS = ("concrete", "mnist", "noisy_mnist", "cifar10_cpu", "wikitext2", "convlm", "sst2")
+
+
+def run_of(name: str):
+    if name == "convlm":
+        from conv1d_lds import ConvLM
+
+        setting = preset("wikitext2")
+        data = setting.data()
+        torch.manual_seed(0)
+        run = tdakit.train(ConvLM(len(data.vocabulary)), data.train, setting.recipe, setting.task,
+                           checkpoints=setting.checkpoints, progress=False)
+        return run, data
+    setting = preset(name)
+    data = setting.data(progress=False) if name.startswith("cifar") else setting.data()
+    return setting.train(data, progress=False), data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--subsets", type=int, default=20)
+    args = parser.parse_args()
+    rows = {}
+    print("| setting | steps | dtype | jitter share (1% removed) | median jitter | seconds |", flush=True)
+    print("|---|---|---|---|---|---|", flush=True)
+    for name in args.settings:
+        run, data = run_of(name)
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the table says it
+            truth = tdakit.groundtruth(run, data.query, subsets=args.subsets, fraction=0.99, protocol="same",
+                                       progress=False)
+        seconds = time.perf_counter() - start
+        rows[name] = {"steps": run.num_steps, "dtype": str(run.final.dtype), "jitter_share": truth.jitter_share,
+                      "median_jitter": float(truth.jitter.abs().median()), "seconds": seconds}
+        print(f"| {name} | {run.num_steps:,} | {str(run.final.dtype).replace('torch.', '')} | "
+              f"{truth.jitter_share:.2g} | {rows[name]['median_jitter']:.2g} | {seconds:.0f} |", flush=True)
+    out = Path("benchmarks/results")
+    out.mkdir(exist_ok=True)
+    (out / "chaos.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
