@@ -5,10 +5,12 @@
 
 For each setting, the preset's run and a same-trajectory ground truth (M subsets keeping 99%): its
 ``jitter_share``, how far moving every training weight by one part in a million (random signs) moves the rerun's
-measurements, against their spread across the subsets (median over queries). A stable run moves by about a
-millionth; where the share passes 0.01 the run is chaotic (the warning in tdakit.groundtruth), and the
-same-trajectory question has no stable answer. "convlm" is benchmarks/conv1d_lds.py's convolutional language
-model on the wikitext2 preset's data and recipe. Writes benchmarks/results/chaos.json.
+measurements, against their spread across the subsets (median over queries), and ``jitter_asymmetry``, whether the
+opposite change moves them oppositely (0: in proportion; about 1: unrelated to the sign). A stable run moves by
+about a millionth, in proportion; where the share passes 0.01 and the asymmetry 0.5 the run is chaotic (the
+warning in tdakit.groundtruth), and the same-trajectory question has no stable answer. "convlm" is
+benchmarks/conv1d_lds.py's convolutional language model on the wikitext2 preset's data and recipe. Writes
+benchmarks/results/chaos.json.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ def main() -> None:
     parser.add_argument("--subsets", type=int, default=20)
     args = parser.parse_args()
     rows = {}
-    print("| setting | steps | dtype | jitter share (1% removed) | median jitter | seconds |", flush=True)
-    print("|---|---|---|---|---|---|", flush=True)
+    print("| setting | steps | dtype | jitter share (1% removed) | asymmetry | median jitter | seconds |", flush=True)
+    print("|---|---|---|---|---|---|---|", flush=True)
     for name in args.settings:
         run, data = run_of(name)
         start = time.perf_counter()
@@ -59,9 +61,11 @@ def main() -> None:
                                        progress=False)
         seconds = time.perf_counter() - start
         rows[name] = {"steps": run.num_steps, "dtype": str(run.final.dtype), "jitter_share": truth.jitter_share,
-                      "median_jitter": float(truth.jitter.abs().median()), "seconds": seconds}
+                      "jitter_asymmetry": truth.jitter_asymmetry, "median_jitter": float(truth.jitter.abs().median()),
+                      "seconds": seconds}
         print(f"| {name} | {run.num_steps:,} | {str(run.final.dtype).replace('torch.', '')} | "
-              f"{truth.jitter_share:.2g} | {rows[name]['median_jitter']:.2g} | {seconds:.0f} |", flush=True)
+              f"{truth.jitter_share:.2g} | {truth.jitter_asymmetry:.2g} | {rows[name]['median_jitter']:.2g} | "
+              f"{seconds:.0f} |", flush=True)
     out = Path("benchmarks/results")
     out.mkdir(exist_ok=True)
     (out / "chaos.json").write_text(json.dumps(rows, indent=1))

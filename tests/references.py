@@ -71,8 +71,9 @@ def small_cnn() -> nn.Module:
 
 def small_cnn1d() -> nn.Module:
     """For sequences [n, 2, 12]: a padded ("same") and a strided, dilated nn.Conv1d (the second without a bias)."""
-    return nn.Sequential(nn.Conv1d(2, 3, 3, padding="same"), nn.Tanh(), nn.Conv1d(3, 4, 2, stride=2, dilation=2, bias=False),
-                         nn.Tanh(), nn.Flatten(), nn.Linear(20, 3))
+    return nn.Sequential(nn.Conv1d(2, 3, 3, padding="same"), nn.Tanh(),
+                         nn.Conv1d(3, 4, 2, stride=2, dilation=2, bias=False), nn.Tanh(), nn.Flatten(),
+                         nn.Linear(20, 3))
 
 
 def classification_data(n: int, image: bool | str = False, seed: int = 0) -> Split:

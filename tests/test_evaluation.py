@@ -297,10 +297,11 @@ def test_the_same_protocols_jitter_is_exact_unrollings_linear_response_and_flags
         truth = groundtruth(stable, query, subsets=10, fraction=0.95, protocol="same", progress=False, cache=False)
     scores = tdakit.attribute(stable, query, "unrolled", progress=False).values
     predicted = JITTER * scores @ (jitter_signs(len(data)) * stable.weights.double())
-    assert torch.allclose(truth.jitter, predicted, rtol=1e-4, atol=0)
-    assert truth.jitter_share < 1e-4 and str(reliability(truth)) == (
+    assert torch.allclose(truth.jitter, torch.stack([predicted, -predicted]), rtol=1e-4, atol=0)
+    assert truth.jitter_share < 1e-4 and truth.jitter_asymmetry < 1e-3 and str(reliability(truth)) == (
         "reliability 1 by construction (same trajectory: retraining is deterministic), LDS ceiling 1")
-    chaotic = run_at(1.0)  # measured: jitter 0.63 x the spread across subsets
+    chaotic = run_at(1.0)  # measured: jitter 0.91 x the spread across subsets, asymmetry 2.9
     with pytest.warns(UserWarning, match="chaotic"):
         truth = groundtruth(chaotic, query, subsets=10, fraction=0.95, protocol="same", progress=False, cache=False)
-    assert truth.jitter_share > 0.1 and "chaotic training" in str(reliability(truth)) and "jitter" in repr(truth)
+    assert truth.jitter_share > 0.1 and truth.jitter_asymmetry > 0.5
+    assert "chaotic training" in str(reliability(truth)) and "not in proportion" in repr(truth)

@@ -9,11 +9,13 @@ protocols say how each subset is retrained (docs/evaluation.md):
 - "same": the run's own trajectory rerun once per subset (its initialisation and batch order, the removed
   points weighted 0). It asks what *this* run would have done without them: the question exact unrolling
   answers exactly, to first order. Retraining is deterministic, so R = 1 and reliability is 1 by construction.
-  Two more reruns with nothing removed, one with every weight moved by a random one part in a million
-  (``JITTER``), measure the ``jitter``: how far such a change moves the outcome. On a stable run, a millionth
-  of a removal's effect; on a chaotic one (a rate at the edge of stability, where a change of 1e-4 in one point's
-  weight can move the outcome as much as removing it), as far as removing points does, so the same-trajectory
-  question has no stable answer at float precision: ``jitter_share`` says how much, and a warning says so.
+  Three more reruns with nothing removed, two of them with every weight moved by one part in a million
+  (``JITTER``, random signs, then the opposite signs), measure the ``jitter``: how far such a change moves the
+  outcome, and whether opposite changes move it oppositely. On a stable run the outcome responds in proportion,
+  by a millionth of a removal's effect; on a chaotic one (a rate at the edge of stability, where a change of
+  1e-4 in one point's weight can move the outcome as much as removing it) the response is large and unrelated
+  to the change's sign, so the same-trajectory question has no stable answer: ``jitter_share`` and
+  ``jitter_asymmetry`` say so, and a warning.
 
 values[m, r, q] = f_q after retraining. Work is chunked and each chunk is cached atomically, so an interrupted
 computation resumes where it stopped.
@@ -49,7 +51,7 @@ class GroundTruth:
     masks: Tensor
     values: Tensor
     protocol: str = "fresh"  # "fresh" (new seeds) or "same" (the run's own trajectory); see the module docstring
-    jitter: Tensor | None = None  # "same": [Q] f_q of a rerun with weights moved by JITTER minus the plain rerun's
+    jitter: Tensor | None = None  # "same": [2, Q] f_q after moving the weights by +-JITTER minus the plain rerun's
 
     @property
     def mean(self) -> Tensor:
@@ -62,13 +64,24 @@ class GroundTruth:
 
     @property
     def jitter_share(self) -> float | None:
-        """A same-trajectory ground truth's |jitter| against the spread (standard deviation) of each query's
+        """A same-trajectory ground truth's mean |jitter| against the spread (standard deviation) of each query's
         measurement across the subsets, median over queries: about 1e-6 on a stable run, 0.1 to 1 where the
         training is chaotic and a millionth of a change moves it as far as the removals do. None if not measured."""
         if self.jitter is None:
             return None
         spread = self.mean.double().std(0)
-        return float((self.jitter.double().abs() / spread.clamp(min=torch.finfo(torch.float64).tiny)).median())
+        size = self.jitter.double().abs().mean(0)
+        return float((size / spread.clamp(min=torch.finfo(torch.float64).tiny)).median())
+
+    @property
+    def jitter_asymmetry(self) -> float | None:
+        """|f(+) + f(-) - 2 f(0)| / |f(+) - f(-)| of the two jittered reruns, median over queries: about 1e-6 where
+        the outcome responds in proportion (opposite changes, opposite moves), about 1 where it does not."""
+        if self.jitter is None:
+            return None
+        plus, minus = self.jitter.double()
+        return float(((plus + minus).abs() / (plus - minus).abs().clamp(min=torch.finfo(torch.float64).tiny))
+                     .median())
 
     def _facts(self) -> dict[str, object]:
         m, r, q = self.values.shape
@@ -77,8 +90,10 @@ class GroundTruth:
                 "subsets": f"{m} subsets of {self.masks.shape[1]} training points, each keeping {kept:.0%}",
                 "seeds": f"{r} retrainings per subset", "queries": q,
                 "values": f"measurements {display.shape_of(self.values)} [subsets, seeds, queries]",
-                **({"jitter": jitter_text(self.jitter_share)} if self.jitter is not None else {}),
-                "warning": too_few(m, q, r if self.protocol == "fresh" else None) or chaotic(self.jitter_share)}
+                **({"jitter": jitter_text(self.jitter_share, self.jitter_asymmetry)} if self.jitter is not None
+                   else {}),
+                "warning": too_few(m, q, r if self.protocol == "fresh" else None)
+                or chaotic(self.jitter_share, self.jitter_asymmetry)}
 
     def __repr__(self) -> str:
         return display.text_block("GroundTruth", self._facts())
@@ -93,22 +108,25 @@ def describe_protocol(protocol: str) -> str:
             "same": "same trajectory (the run's initialisation and batch order, removed points weighted 0)"}[protocol]
 
 
-JITTER = 1e-6  # the relative change of every weight in the jittered rerun
-CHAOTIC_SHARE = 0.01  # jitter above 1% of the spread across subsets (10,000 times a stable run's): unstable
+JITTER = 1e-6  # the relative change of every weight in the jittered reruns
+CHAOTIC_SHARE = 0.1  # jitter above a tenth of the spread across subsets (100,000 times a smooth run's) ...
+CHAOTIC_ASYMMETRY = 0.5  # ... that does not follow the change's sign: chaotic training
 
 
-def jitter_text(share: float) -> str:
+def jitter_text(share: float, asymmetry: float) -> str:
     return (f"moving every weight by one part in a million moves the rerun {share:.2g} x the spread of the "
-            "measurements across subsets")
+            f"measurements across subsets, {'not ' if asymmetry > CHAOTIC_ASYMMETRY else ''}in proportion "
+            f"(asymmetry {asymmetry:.2g})")
 
 
-def chaotic(share: float | None) -> str | None:
-    """A warning when a same-trajectory ground truth's jitter is large (None when it is not, or not measured)."""
-    if share is None or share <= CHAOTIC_SHARE:
+def chaotic(share: float | None, asymmetry: float | None) -> str | None:
+    """A warning when a same-trajectory ground truth's jitter is large and does not follow the sign of the change
+    (None when it does, or was not measured)."""
+    if share is None or asymmetry is None or share <= CHAOTIC_SHARE or asymmetry <= CHAOTIC_ASYMMETRY:
         return None
-    return (f"{jitter_text(share)}: this training is chaotic (a tiny change to the data moves its outcome as "
-            "removing points does), so the same-trajectory ground truth has no stable answer and exact unrolling's "
-            "derivative holds only for tiny changes; judge with protocol='fresh', or train at a lower rate")
+    return (f"{jitter_text(share, asymmetry)}: this training is chaotic (a tiny change to the data moves its outcome "
+            "as removing points does), so the same-trajectory ground truth has no stable answer and exact "
+            "unrolling's derivative holds only for tiny changes; judge with protocol='fresh'")
 
 
 def too_few(subsets: int, queries: int, seeds: int | None = None) -> str | None:
@@ -182,23 +200,23 @@ def groundtruth(run: Run, query: Split, subsets: int = 100, fraction: float = 0.
                     cache, progress, "ground truth (models)")
     if protocol == "fresh":
         return truth
-    jitter = store.cached(cache, "groundtruth", store.key_of(key, "jitter", JITTER),
+    jitter = store.cached(cache, "groundtruth", store.key_of(key, "jitter, both signs", JITTER),
                           lambda: {"values": jittered(run, measurements_of, seed)})["values"]
     truth = dataclasses.replace(truth, protocol=protocol, jitter=jitter)
-    warning = chaotic(truth.jitter_share)
+    warning = chaotic(truth.jitter_share, truth.jitter_asymmetry)
     if warning:
         warnings.warn(f"groundtruth: {warning}", UserWarning, stacklevel=2)
     return truth
 
 
 def jittered(run: Run, measurements_of: Callable[[Tensor], Tensor], seed: int) -> Tensor:
-    """f_q after rerunning the run's trajectory with every weight moved by +-JITTER (random signs) minus f_q after
-    rerunning it as it is, the two trained together: [Q]."""
+    """f_q after rerunning the run's trajectory with every weight moved by +JITTER sign_i, and by -JITTER sign_i,
+    minus f_q after rerunning it as it is, the three trained together: [2, Q]."""
     signs = jitter_signs(run.num_train, seed).to(run.final)
     weights = run.weights.to(run.final)
-    f = measurements_of(retrain_reweighted(run, torch.stack([weights, weights * (1 + JITTER * signs)]),
-                                           progress=False))
-    return (f[1] - f[0]).cpu()
+    f = measurements_of(retrain_reweighted(run, torch.stack([weights, weights * (1 + JITTER * signs),
+                                                             weights * (1 - JITTER * signs)]), progress=False))
+    return (f[1:] - f[0]).cpu()
 
 
 def jitter_signs(n: int, seed: int = 0) -> Tensor:

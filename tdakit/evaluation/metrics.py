@@ -84,14 +84,15 @@ class Reliability:
     ceiling: float
     seeds: int
     protocol: str = "fresh"  # "same": 1 by construction (one deterministic retraining per subset), not measured
-    jitter_share: float | None = None  # "same": GroundTruth.jitter_share
+    jitter_share: float | None = None  # "same": GroundTruth.jitter_share and jitter_asymmetry
+    jitter_asymmetry: float | None = None
 
     def text(self, digits: int = 3) -> str:
         if self.protocol == "same":
-            unstable = chaotic(self.jitter_share)
+            unstable = chaotic(self.jitter_share, self.jitter_asymmetry)
             return ("reliability 1 by construction (same trajectory: retraining is deterministic), LDS ceiling 1"
-                    + (f"; but {jitter_text(self.jitter_share)}: chaotic training, see the ground truth's warning"
-                       if unstable else ""))
+                    + ("; but chaotic training: "
+                       f"{jitter_text(self.jitter_share, self.jitter_asymmetry)}" if unstable else ""))
         return f"reliability {self.reliability:.{digits}f} (R = {self.seeds}), LDS ceiling ~{self.ceiling:.{digits}f}"
 
     def __str__(self) -> str:
@@ -102,7 +103,8 @@ def reliability(truth: GroundTruth, splits: int = 20, seed: int = 0) -> Reliabil
     """Split the R seeds in random halves ``splits`` times; see ``Reliability``. A same-trajectory ground truth
     (``protocol="same"``) is repeatable by construction: its reliability is 1, said rather than measured."""
     if truth.protocol == "same":
-        return Reliability(1.0, 1.0, truth.num_seeds, "same", truth.jitter_share)
+        return Reliability(1.0, 1.0, truth.num_seeds, "same", truth.jitter_share,
+                           truth.jitter_asymmetry)
     R = truth.num_seeds
     if R < 2:
         raise InputError("reliability needs at least 2 seeds per subset; make the ground truth with seeds=2 or more")
