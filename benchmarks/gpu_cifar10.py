@@ -108,6 +108,8 @@ def main(argv=None) -> dict:
                         help="then train on all 50,000 images (cifar10_full) and time influence and SOURCE there")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gpu_cifar10_<device>.json)")
     args = parser.parse_args(argv)
+    if args.unroll is not None and args.unroll < 0:
+        parser.error(f"--unroll takes a number of queries >= 0 (0: no exact unrolling), got {args.unroll}")
 
     device = hardware.default_device()
     setting = preset("cifar10_cpu" if args.tiny else "cifar10")
