@@ -60,6 +60,13 @@ class ConvLM(nn.Module):
         return self.head(h.transpose(1, 2))
 
 
+def train_convlm(setting, data) -> tdakit.Run:
+    """ConvLM trained with the setting's recipe and checkpoints on data.train (seeded: the same run every time)."""
+    torch.manual_seed(0)
+    return tdakit.train(ConvLM(len(data.vocabulary)), data.train, setting.recipe, setting.task,
+                        checkpoints=setting.checkpoints, progress=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subsets", type=int, default=40)
@@ -71,11 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     setting = preset("wikitext2")
     data = setting.data()
-    torch.manual_seed(0)
-    model = ConvLM(len(data.vocabulary))
     start = time.perf_counter()
-    run = tdakit.train(model, data.train, setting.recipe, setting.task, checkpoints=setting.checkpoints,
-                       progress=False)
+    run = train_convlm(setting, data)
     with torch.no_grad():
         loss = float(run.task.loss(run.model(run.final, data.test.x[:500]), data.test.y[:500]).mean())
     print(f"ConvLM on {len(data.train)} WikiText-2 passages: {run.model.num_params:,} parameters, {run.num_steps} "
@@ -107,8 +111,8 @@ def main() -> None:
     print(table, flush=True)
     OUT.mkdir(exist_ok=True)
     out = {"parameters": run.model.num_params, "steps": run.num_steps, "test_loss": loss,
-           "convolution_parameters": sum(p.numel() for name in CONVOLUTIONS
-                                         for p in getattr(model, name).parameters()),
+           "convolution_parameters": sum(part.stop - part.start for name, part in run.model.slices.items()
+                                         if name.split(".")[0] in CONVOLUTIONS),
            "table": table.as_dict()}
     kept = "" if args.kept == 0.5 else f"_kept{args.kept:g}"
     (OUT / f"conv1d_wikitext2_{args.protocol}{kept}.json").write_text(json.dumps(out, indent=1, default=str))
